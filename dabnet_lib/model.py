@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import CheckpointError
+
 BN_EPS = 1e-3  # the paper's (and official code's) BatchNorm epsilon
 MIN_INPUT_SIZE = 16
 
@@ -268,10 +270,6 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the problem."""
 
 
 def read_checkpoint(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
