@@ -14,6 +14,10 @@ from typing import Callable, Sequence
 from .errors import DabnetError
 
 Runner = Callable[[argparse.Namespace], int | None]
+Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+# name -> (function adding the sub-parser, function running it); filled by the sections below.
+_COMMANDS: dict[str, tuple[Adder, Runner]] = {}
 
 
 # ----------------------------------------------------------------- train / test / predict / stats
@@ -29,12 +33,9 @@ Runner = Callable[[argparse.Namespace], int | None]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dabnet", description="DABNet workbook: train, test, predict, profile.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, add in _COMMANDS.items():
-        add[0](sub)
+    for add, _run in _COMMANDS.values():
+        add(sub)
     return parser
-
-
-_COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Runner]] = {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
