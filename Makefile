@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 DATASET ?= camvid
 PROFILE ?= cpu
 # Where `make data` takes CamVid from: a local SegNet-layout folder, or empty for a sparse git clone.
-CAMVID_SOURCE ?=
+CAMVID_SOURCE ?= $(if $(wildcard ../shared/data/camvid/train),../shared/data/camvid,)
 DATA_ROOT ?= data/$(DATASET)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data test test-browser run-all nb lab clean
+.PHONY: help setup data test test-browser run-all notebooks nb lab clean
 
 help: ## list the targets
 	@echo "DABNet workbook: make <target> [VAR=value]"
@@ -34,8 +34,24 @@ data: $(STAMP) ## prepare data/camvid from CAMVID_SOURCE (symlink) or a sparse c
 test: $(STAMP) ## run the test suite (pytest; fails if no test is collected)
 	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest $(PYTEST_ARGS)
 
-run-all: $(STAMP) ## execute notebooks 01..06 with papermill into reports/ (PROFILE, DATASET)
-	@echo "run-all: the notebooks are not built yet (see the workbook issue)"; exit 1
+NOTEBOOKS := 01_data_exploration 02_dab_ablations 03_training 04_evaluation 05_qualitative_results 06_fps_profiling
+WORKBOOK = $(PY) -m dabnet_lib.workbook
+NB_ARGS = --profile $(PROFILE) --dataset $(DATASET) --data-root $(DATA_ROOT)
+
+run-all: $(STAMP) $(if $(filter camvid,$(DATASET)),data) ## execute notebooks 01..06 with papermill (PROFILE, DATASET); skips up-to-date ones
+	@reports=$$($(WORKBOOK) where reports --profile $(PROFILE) --dataset $(DATASET)) && \
+	  $(MAKE) --no-print-directory notebooks REPORTS="$$reports" && \
+	  echo "run-all ($(PROFILE), $(DATASET)) done: $$reports"
+
+# One executed copy per notebook; 04-06 also depend on the training run of 03.
+notebooks: $(foreach nb,$(NOTEBOOKS),$(REPORTS)/notebooks/$(nb).ipynb)
+$(REPORTS)/notebooks/%.ipynb: notebooks/%.ipynb
+	$(WORKBOOK) run $* $(NB_ARGS) $(if $(CI),--quiet)
+$(foreach nb,04_evaluation 05_qualitative_results 06_fps_profiling,$(REPORTS)/notebooks/$(nb).ipynb): $(REPORTS)/notebooks/03_training.ipynb
+
+nb: $(STAMP) ## run one notebook now, e.g. `make nb N=03 PROFILE=smoke`
+	@test -n "$(N)" || { echo "usage: make nb N=03 [PROFILE=smoke]"; exit 2; }
+	$(WORKBOOK) run $(N) $(NB_ARGS)
 
 lab: $(STAMP) ## start JupyterLab on 127.0.0.1 with the project's kernel
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser notebooks/

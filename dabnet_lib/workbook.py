@@ -1,0 +1,168 @@
+"""Running the numbered notebooks with papermill (what ``make run-all`` and ``make nb`` call).
+
+``python -m dabnet_lib.workbook run 03_training --profile cpu --dataset camvid`` executes
+notebooks/03_training.ipynb into ``<reports>/notebooks/03_training.ipynb``. Execution writes to
+``*.partial.ipynb`` first; success renames it into place, failure keeps it as ``*.failed.ipynb``
+(the partial output, for reading) and exits non-zero naming the notebook, so an executed copy
+exists only for notebooks that completed and make's freshness check stays truthful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS: tuple[str, ...] = (
+    "01_data_exploration",
+    "02_dab_ablations",
+    "03_training",
+    "04_evaluation",
+    "05_qualitative_results",
+    "06_fps_profiling",
+)
+KERNEL_NAME = "dabnet"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a profile's outputs go: committed ``reports/`` only for the CamVid ``cpu`` profile."""
+
+    reports: Path
+    runs: Path
+
+    @classmethod
+    def for_profile(cls, profile: str, dataset: str, root: Path = REPO_ROOT) -> "Layout":
+        if profile == "smoke":
+            return cls(root / "runs" / "smoke" / dataset / "reports", root / "runs" / "smoke" / dataset)
+        if profile == "cpu" and dataset == "camvid":
+            return cls(root / "reports", root / "runs" / "cpu" / dataset)
+        return cls(root / "reports" / f"{dataset}_{profile}", root / "runs" / profile / dataset)
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised; the message names it and the file holding its partial output."""
+
+
+def resolve(name: str) -> str:
+    """Accept ``03``, ``3``, ``03_training`` or ``03_training.ipynb``; return the full stem."""
+    stem = Path(name).stem
+    for nb in NOTEBOOKS:
+        if stem == nb or stem.zfill(2) == nb[:2]:
+            return nb
+    raise SystemExit(f"error: unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
+
+
+def notebook_parameters(name: str, profile: str, dataset: str, layout: Layout,
+                        data_root: str | None = None, seed: int = 0,
+                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The documented parameters every notebook takes (plus its own knobs from ``extra``)."""
+    params: dict[str, Any] = {
+        "dataset": dataset,
+        "data_root": data_root or str(REPO_ROOT / "data" / dataset),
+        "profile": profile,
+        "run_dir": str(layout.runs),
+        "reports_dir": str(layout.reports),
+        "seed": seed,
+    }
+    params.update(extra or {})
+    return params
+
+
+def _kernel_name() -> str:
+    """The project's named kernel when registered (``make lab`` registers it), else python3."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+            return KERNEL_NAME
+    except Exception:  # jupyter_client missing or broken config: fall back to the default kernel
+        pass
+    return "python3"
+
+
+def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path,
+                 progress: bool = True) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with ``parameters`` into ``out_dir/<name>.ipynb``."""
+    import papermill as pm
+
+    name = resolve(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{name}.ipynb"
+    partial = out_dir / f"{name}.partial.ipynb"
+    failed = out_dir / f"{name}.failed.ipynb"
+    failed.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial), parameters=dict(parameters),
+            kernel_name=_kernel_name(), cwd=str(REPO_ROOT), progress_bar=progress,
+            request_save_on_cell_execute=True,
+        )
+    except BaseException as exc:
+        if partial.exists():
+            os.replace(partial, failed)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else lines[-1]
+        raise NotebookFailed(
+            f"notebook {name} failed after {time.perf_counter() - start:.0f} s: {reason}\n"
+            f"  partial output kept in {failed}"
+        ) from None
+    os.replace(partial, final)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dabnet_lib.workbook", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="execute one notebook with papermill")
+    run.add_argument("notebook", help="e.g. 03 or 03_training")
+    where = sub.add_parser("where", help="print the reports or runs folder of a profile")
+    where.add_argument("what", choices=("reports", "runs"))
+    for p in (run, where):
+        p.add_argument("--profile", default="cpu", choices=("smoke", "cpu", "paper"))
+        p.add_argument("--dataset", default="camvid", choices=("camvid", "cityscapes"))
+    run.add_argument("--data-root", default=None)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra notebook parameter (value parsed as Python literal when possible)")
+    run.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+
+    layout = Layout.for_profile(args.profile, args.dataset)
+    if args.cmd == "where":
+        print(os.path.relpath(getattr(layout, args.what), Path.cwd()))
+        return 0
+    extra = dict(_parse_param(p) for p in args.param)
+    params = notebook_parameters(args.notebook, args.profile, args.dataset, layout, args.data_root, args.seed, extra)
+    name = resolve(args.notebook)
+    print(f"== {name} (profile={args.profile}, dataset={args.dataset}) -> {layout.reports / 'notebooks'}", flush=True)
+    try:
+        out = run_notebook(name, params, layout.reports / "notebooks", progress=not args.quiet)
+    except NotebookFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"== {name} done: {out}", flush=True)
+    return 0
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    import ast
+
+    if "=" not in text:
+        raise SystemExit(f"error: --param expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
