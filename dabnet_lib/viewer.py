@@ -332,7 +332,7 @@ class PredictionViewer:
         self.controls: dict[str, Any] = {
             "split": w.Dropdown(options=list(self.datasets), value=s.split, description="split"),
             "index": w.IntSlider(value=s.index, min=0, max=n - 1, description="image", continuous_update=False),
-            "layer": w.ToggleButtons(options=list(LAYERS), value=s.layer),
+            "layer": w.ToggleButtons(options=list(LAYERS), value=s.layer, style={"button_width": "96px"}),
             "opacity": w.FloatSlider(value=s.opacity, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False),
             "highlight": w.Dropdown(
                 options=[("(none)", NO_HIGHLIGHT)] + [(str(c), i) for i, c in enumerate(self.info.classes)],
@@ -367,7 +367,8 @@ class PredictionViewer:
                 w.HBox([c["layer"], c["opacity"], c["highlight"]]),
                 self.status_widget,
                 self.error_widget,
-                w.HBox([self.image_widget, w.VBox([self.iou_widget, self.legend_widget])]),
+                w.HBox([self.image_widget, w.VBox([self.iou_widget, self.legend_widget])],
+                       layout=w.Layout(align_items="flex-start")),  # never stretch the image
             ]
         )
         self.widget.add_class("dabnet-viewer")
