@@ -46,7 +46,7 @@ run-all: $(STAMP) $(if $(filter camvid,$(DATASET)),data) ## execute notebooks 01
 # One executed copy per notebook; 04-06 also depend on the training run of 03.
 notebooks: $(foreach nb,$(NOTEBOOKS),$(REPORTS)/notebooks/$(nb).ipynb)
 $(REPORTS)/notebooks/%.ipynb: notebooks/%.ipynb
-	$(WORKBOOK) run $* $(NB_ARGS) $(if $(CI),--quiet)
+	$(WORKBOOK) run $* $(NB_ARGS) --reports "$(REPORTS)" $(if $(CI),--quiet)
 $(foreach nb,04_evaluation 05_qualitative_results 06_fps_profiling,$(REPORTS)/notebooks/$(nb).ipynb): $(REPORTS)/notebooks/03_training.ipynb
 
 nb: $(STAMP) ## run one notebook now, e.g. `make nb N=03 PROFILE=smoke`

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
-from .datasets import CAMVID, build_dataset
+from .datasets import CAMVID, build_dataset, subset
 from .engine import autocast_dtype, train_step
 from .losses import build_loss
 from .model import DABNet
@@ -118,7 +118,7 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
     if batch_size < 1 or iters < 1 or rounds < 1 or warmup < 0:
         raise ValueError("batch_size, iters and rounds must be >= 1, warmup >= 0")
     info, total = CAMVID, 1000 * 23
-    ds = D.subset(build_dataset("camvid", data_root, "train"), max_images)
+    ds = subset(build_dataset("camvid", data_root, "train"), max_images)
     criterion = build_loss("ce", info.ignore_index, weight=torch.tensor(_WEIGHTS))
     if threads is not None:
         torch.set_num_threads(threads)

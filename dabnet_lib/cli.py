@@ -23,9 +23,392 @@ _COMMANDS: dict[str, tuple[Adder, Runner]] = {}
 # ----------------------------------------------------------------- train / test / predict / stats
 # (engine section: owned by the engine work)
 
+# --- train / stats / bench-train (engine work: dabnet_lib.engine, dabnet_lib.recipes, dabnet_lib.bench)
+
+def _size_arg(text: str) -> tuple[int, int]:
+    """``H,W`` (or ``HxW``) -> (H, W)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (e.g. 360,480), got {text!r}") from None
+    return h, w
+
+
+def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .recipes import DATASET_NAMES, PROFILES
+
+    p = sub.add_parser(
+        "train", help="train DABNet with a paper recipe or a budget profile (smoke | cpu | paper)",
+        description="Train DABNet. The recipe is the profile's (smoke: seconds; cpu: a 2-core CPU budget; paper: "
+                    "as published) with the flags below and --set FIELD=VALUE on top. Writes OUT/last.pt, best.pt, "
+                    "epoch_XXXX.pt, metrics.jsonl, curves.png, recipe.json, summary.json. Ctrl-C (or SIGTERM) "
+                    "saves a resumable checkpoint; --resume continues exactly. Multi-process: "
+                    "torchrun --nproc_per_node=N -m dabnet_lib.cli train ...",
+        epilog="example: dabnet train --dataset camvid --profile smoke --out runs/smoke")
+    p.add_argument("--dataset", choices=DATASET_NAMES, default="camvid", help="dataset (default camvid)")
+    p.add_argument("--profile", choices=PROFILES, default="paper", help="recipe profile (default paper)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default data/<dataset>)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<dataset>_<profile>)")
+    p.add_argument("--train-type", choices=("train", "trainval"), default=None, help="training split")
+    p.add_argument("--max-epochs", type=int, default=None, metavar="N", help="epochs")
+    p.add_argument("--minutes", type=float, default=None, metavar="M", help="wall-clock training budget in minutes")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate")
+    p.add_argument("--input-size", type=_size_arg, default=None, metavar="H,W", help="training crop size")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--num-workers", type=int, default=None, metavar="N", help="DataLoader workers (0 = in-process)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="continue from OUT/last.pt (or from PATH)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
+                   help="override any recipe field, e.g. --set val_every=5 --set crop_size=256,320 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+
+
+def _recipe_from_args(args: argparse.Namespace) -> "Recipe":  # noqa: F821
+    from .recipes import get_recipe
+
+    recipe = get_recipe(args.dataset, args.profile)
+    named = {"train_split": args.train_type, "epochs": args.max_epochs, "minutes": args.minutes,
+             "batch_size": args.batch_size, "lr": args.lr, "crop_size": args.input_size, "seed": args.seed,
+             "num_workers": args.num_workers, "sync_bn": args.sync_bn or None}
+    recipe = recipe.replace(**{k: v for k, v in named.items() if v is not None})
+    return recipe.override(args.overrides)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .engine import TrainingInterrupted, fit
+
+    recipe = _recipe_from_args(args)
+    out = args.out or f"runs/{args.dataset}_{args.profile}"
+    try:
+        fit(recipe, args.data_root, out, resume=args.resume, device=args.device, quiet=args.quiet)
+    except TrainingInterrupted as exc:
+        print(f"dabnet train: interrupted by signal {exc.signum}; resume with --resume --out {out}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .recipes import DATASET_NAMES
+
+    p = sub.add_parser("stats", help="mean, std and class weights of a split (cached)",
+                       description="Per-channel RGB mean and std (0..255), class frequencies and the class weights "
+                                   "1/ln(1.10 + p) of a split, computed once and cached as JSON.")
+    p.add_argument("--dataset", choices=DATASET_NAMES, default="camvid", help="dataset (default camvid)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default data/<dataset>)")
+    p.add_argument("--split", choices=("train", "val", "trainval", "test"), default="train", help="split (default train)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from .datasets import build_dataset, get_info, statistics
+    from .engine import default_data_root
+
+    info = get_info(args.dataset)
+    ds = build_dataset(args.dataset, args.data_root or default_data_root(args.dataset), args.split)
+    st = statistics(ds, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    fmt = lambda vs: ", ".join(f"{v:.2f}" for v in vs)  # noqa: E731
+    print(f"{info.name} {args.split}: {st['num_images']} images ({ds.root})")
+    print(f"mean (RGB, 0..255): {fmt(st['mean'])}   (official release: {fmt(info.official_mean)})")
+    print(f"std  (RGB, 0..255): {fmt(st['std'])}")
+    print(f"{'class':<16}{'frequency %':>12}{'weight':>9}")
+    for name, p, w in zip(info.classes, st["class_frequencies"], st["class_weights"]):
+        print(f"{name:<16}{100 * p:>12.2f}{w:>9.2f}")
+    print(f"cache: {st.get('cache_file')}")
+    return 0
+
+
+def _add_bench_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("bench-train", help="training images/s: official-style loop vs this engine",
+                       description="Measure training throughput on CPU for (a) a plain loop as the official train.py "
+                                   "does it (per-sample cv2 decode, NCHW, lr recomputed by hand every step, 4 "
+                                   "workers) and (b) this engine (decoded-once images, channels_last, in-process or "
+                                   "persistent workers), alternating in rounds in the same run so that other "
+                                   "processes' load falls on both, and print both and the ratio.")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="CamVid folder (default data/camvid)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--input-size", type=_size_arg, default=(360, 480), metavar="H,W", help="crop (default 360,480)")
+    p.add_argument("--iters", type=int, default=4, help="timed iterations per loop and round (default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of both loops (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations before the first round (default 1)")
+    p.add_argument("--num-workers", type=int, default=0, help="engine DataLoader workers (default 0)")
+    p.add_argument("--official-workers", type=int, default=4, help="official loop's workers (its default: 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for both loops (default: all cores)")
+    p.add_argument("--amp", choices=("off", "bf16"), default=None,
+                   help="engine autocast on CPU (default: the camvid cpu profile's)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the engine's model (default: the camvid cpu profile's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import bench_train, format_bench
+    from .engine import default_data_root
+    from .recipes import get_recipe
+
+    cpu = get_recipe("camvid", "cpu")
+    amp = args.amp or ("bf16" if cpu.amp == "bf16" else "off")
+    result = bench_train(args.data_root or default_data_root("camvid"), batch_size=args.batch_size,
+                         input_size=args.input_size, iters=args.iters, rounds=args.rounds, warmup=args.warmup,
+                         num_workers=args.num_workers, official_workers=args.official_workers,
+                         threads=args.threads, amp=amp, compile=cpu.compile if args.compile is None else args.compile)
+    print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+_COMMANDS["train"] = (_add_train, _run_train)
+_COMMANDS["stats"] = (_add_stats, _run_stats)
+_COMMANDS["bench-train"] = (_add_bench_train, _run_bench_train)
+
+
+# --- test / predict (eval work: dabnet_lib.evaluation, dabnet_lib.inference)
+
+def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .datasets import DATASETS
+
+    p = sub.add_parser(
+        "test", help="evaluate a checkpoint on a split (per-class IoU, mIoU, pixel accuracy)",
+        description="Evaluate a checkpoint at full label resolution. Prints a per-class IoU table, mIoU "
+                    "(standard and the official code's), pixel accuracy and the share of time spent in "
+                    "metric updates; --json prints one JSON object instead.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="checkpoint file; with --best-of-last, a run folder (or any file in it)")
+    p.add_argument("--dataset", default=None,
+                   help=f"{' | '.join(DATASETS)} (default: the checkpoint's own dataset)")
+    p.add_argument("--split", default="test", help="train | val | trainval | test (default: test)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default: data/<dataset>)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images; default 1)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="resize images by this factor; logits are upsampled back to the label size (default 1)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--best-of-last", type=int, default=None, metavar="K",
+                   help="evaluate the last K epoch_XXXX.pt of the run and report the best; this selects "
+                        "on the evaluated split (as the official test.py --best), so the number is optimistic")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress goes to stderr)")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the JSON result to FILE")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    import json
+    from .checkpoints import write_bytes_atomic
+    from pathlib import Path
+
+    from .evaluation import best_of_last, evaluate_checkpoint, format_result, result_to_json
+
+    if args.batch_size < 1:
+        raise DabnetError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.scale <= 0:
+        raise DabnetError(f"--scale must be > 0, got {args.scale}")
+    common = dict(split=args.split, data_root=args.data_root, dataset=args.dataset, device=args.device,
+                  batch_size=args.batch_size, progress=not args.quiet, scale=args.scale,
+                  num_workers=args.num_workers, limit=args.limit)
+    ckpt = Path(args.checkpoint)
+    if args.best_of_last is not None:
+        if args.best_of_last < 1:
+            raise DabnetError(f"--best-of-last must be >= 1, got {args.best_of_last}")
+        result = best_of_last(ckpt if ckpt.is_dir() else ckpt.parent, args.best_of_last, **common)
+    else:
+        result = evaluate_checkpoint(ckpt, **common)
+    payload = result_to_json(result)
+    text = json.dumps(payload, indent=None if args.json else 2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(args.out, (text + "\n").encode())
+    print(json.dumps(payload) if args.json else format_result(result))
+    return 0
+
+
+def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .inference import WRITE_KINDS
+
+    p = sub.add_parser(
+        "predict", help="predict a split or a folder of images; label, colour and overlay PNGs",
+        description="Predict every image of a split (--split) or a folder (--input, searched recursively) "
+                    "and write OUT/label/*.png (uint8 train ids), OUT/color/*.png and OUT/overlay/*.png; "
+                    "or, with --cityscapes-submission, official Cityscapes result files (labelIds, "
+                    "<city>_<seq>_<frame>_leftImg8bit.png) into OUT.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--split", default=None, help="a split of the dataset: train | val | trainval | test")
+    src.add_argument("--input", default=None, metavar="DIR", help="any folder of images")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--dataset", default=None, help="dataset of the checkpoint (default: its own dataset key)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder for --split (default: data/<dataset>)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--scale", type=float, default=1.0, help="inference scale; outputs keep the input size (default 1)")
+    p.add_argument("--write", default=",".join(WRITE_KINDS),
+                   help=f"comma list of outputs among {','.join(WRITE_KINDS)} (default: all)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1 (default 0.5)")
+    p.add_argument("--cityscapes-submission", action="store_true",
+                   help="write Cityscapes submission files (trainId -> labelId) instead")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .datasets import build_dataset
+    from .evaluation import DEFAULT_DATA_DIR
+    from .inference import Predictor, export_cityscapes, predict_folder
+
+    if args.scale <= 0:
+        raise DabnetError(f"--scale must be > 0, got {args.scale}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise DabnetError(f"--alpha must be in 0..1, got {args.alpha}")
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, scale=args.scale, dataset=args.dataset)
+    info = predictor.info
+    assert info is not None
+    if args.split is not None:
+        root = Path(args.data_root) if args.data_root else DEFAULT_DATA_DIR / info.name
+        source = build_dataset(info.name, root, args.split)
+    else:
+        source = Path(args.input)
+    if args.cityscapes_submission:
+        if info.name != "cityscapes":
+            raise DabnetError(f"--cityscapes-submission needs a Cityscapes checkpoint; {args.checkpoint} is {info.name}")
+        paths = export_cityscapes(predictor, source, args.out, progress=not args.quiet)
+        print(f"wrote {len(paths)} Cityscapes submission files (labelIds) to {args.out}")
+        return 0
+    kinds = [k.strip() for k in args.write.split(",") if k.strip()]
+    written = predict_folder(predictor, source, args.out, info=info, write=kinds, alpha=args.alpha,
+                             progress=not args.quiet)
+    for kind, paths in written.items():
+        print(f"wrote {len(paths)} {kind} PNGs to {Path(args.out) / kind}")
+    return 0
+
+
+_COMMANDS["test"] = (_add_test, _run_test)
+_COMMANDS["predict"] = (_add_predict, _run_predict)
+
 
 # ----------------------------------------------------------------- fps / export
 # (profiling section: owned by the profiling work)
+
+def _profiling_hw(text: str) -> tuple[int, int]:
+    """``H,W`` (or ``HxW``) -> (H, W), both >= 16."""
+    try:
+        h, w = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H,W (e.g. 360,480), got {text!r}") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"H and W must be >= 16, got {text!r}")
+    return h, w
+
+
+def _profiling_model(args: argparse.Namespace) -> tuple["object", dict, str]:
+    """(model in eval mode, checkpoint dict or {}, a short description of the weights)."""
+    from .model import DABNet, build_from_checkpoint
+
+    if args.checkpoint:
+        model, ckpt = build_from_checkpoint(args.checkpoint)
+        return model, ckpt, f"checkpoint {args.checkpoint}"
+    return DABNet(args.num_classes).eval(), {}, "random init (timing only: no checkpoint given)"
+
+
+def _add_profiling_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights to use (default: random init)")
+    p.add_argument("--num-classes", type=int, default=11, help="classes of the random-init model (default 11)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, = cores)")
+
+
+def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .inference_variants import VARIANTS
+
+    p = sub.add_parser(
+        "fps", help="time optimised inference variants against eager (ms, FPS, speed-up, parity)",
+        description="Build each variant, check it against eager (fp32: max relative logit difference "
+                    "<= 1e-3; int8: predicted-label agreement on CamVid val images) and time them "
+                    "interleaved in rounds on the CPU. Speed-ups are against eager measured in the same run. "
+                    "Exit status 1 when an fp32 variant fails its check; unknown or unavailable variants "
+                    "get an error row and the others still run.")
+    p.add_argument("size", type=_profiling_hw, metavar="H,W", help="input resolution, e.g. 360,480")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--variants", default="all", help=f"all | comma list of: {', '.join(VARIANTS)} (default all)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per variant (default 5)")
+    p.add_argument("--iters", type=int, default=30, help="timed calls per variant (default 30)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--data-root", default="data/camvid", metavar="DIR",
+                   help="CamVid folder for int8 calibration (train) and checks (val) (default data/camvid)")
+    p.add_argument("--calibration-images", type=int, default=8, metavar="N", help="int8 calibration images (default 8)")
+    _add_profiling_common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON list of rows (progress goes to stderr)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def _run_fps(args: argparse.Namespace) -> int:
+    import json
+
+    from .datasets import get_info
+    from .profiling import benchmark, calibration_images, describe, format_table, parse_variants
+
+    model, ckpt, weights = _profiling_model(args)
+    log = None if args.quiet else (lambda msg: print(f"dabnet fps: {msg}", file=sys.stderr, flush=True))
+    calibration = check = None
+    calibration_error = None
+    if "int8" in parse_variants(args.variants):
+        dataset = ckpt.get("dataset") or "camvid"
+        mean = ckpt.get("mean") or get_info(dataset).official_mean
+        try:
+            calibration = calibration_images(args.data_root, args.size, args.calibration_images, "train", mean)
+            check = calibration_images(args.data_root, args.size, 4, "val", mean)
+        except DabnetError as exc:
+            calibration_error = f"no CamVid calibration images ({exc}); pass --data-root DIR or run `make data`"
+    rows = benchmark(model, args.size, args.variants, batch=args.batch, threads=args.threads, warmup=args.warmup,
+                     iters=args.iters, rounds=args.rounds, calibration=calibration, check_inputs=check,
+                     calibration_error=calibration_error, log=log)
+    info = describe(model, args.size, rows, weights)
+    for row in rows:
+        row.update(gflops=info["gflops"], params=info["params"], weights=weights)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print("\n".join(info["lines"]))
+        print(format_table(rows))
+    failed = [r["variant"] for r in rows if r["variant"] != "int8" and r["parity_ok"] is False]
+    if failed:
+        print(f"dabnet fps: parity check FAILED for {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser(
+        "export", help="export the model to ONNX, checked in onnxruntime before it is written",
+        description="Export to ONNX (dynamic batch, height, width), run it in onnxruntime and compare with "
+                    "PyTorch (max relative logit difference <= 1e-3) before writing --out atomically.")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. dabnet.onnx")
+    p.add_argument("--input-size", type=_profiling_hw, default=(360, 480), metavar="H,W",
+                   help="size traced and checked (the file accepts any size; default 360,480)")
+    _add_profiling_common(p)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .profiling import export_onnx
+
+    model, _ckpt, weights = _profiling_model(args)
+    result = export_onnx(model, args.out, args.input_size, threads=args.threads)
+    h, w = result["input_size"]
+    print(f"wrote {result['path']} ({result['bytes'] / 1e6:.2f} MB, ONNX opset {result['opset']}, {weights}); "
+          f"onnxruntime matches PyTorch at {h}x{w}: max relative logit difference {result['max_rel_diff']:.1e}")
+    return 0
+
+
+_COMMANDS["fps"] = (_add_fps, _run_fps)
+_COMMANDS["export"] = (_add_export, _run_export)
 
 
 # ----------------------------------------------------------------- entry point

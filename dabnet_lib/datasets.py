@@ -350,6 +350,14 @@ class Cityscapes(SegmentationDataset):
 _CLASSES: dict[str, type[SegmentationDataset]] = {"camvid": CamVid, "cityscapes": Cityscapes}
 
 
+def subset(dataset: SegmentationDataset, n: int | None, spread: bool = True) -> SegmentationDataset:
+    """Keep ``n`` samples (in place) (evenly spaced when ``spread``, else the first ``n``) of an uncached dataset."""
+    if n is not None and n < len(dataset):
+        keep = [round(i * len(dataset) / n) for i in range(n)] if spread else list(range(n))
+        dataset.samples = [dataset.samples[i] for i in keep]
+    return dataset
+
+
 def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None) -> SegmentationDataset:
     """``CamVid`` or ``Cityscapes`` by name (case-insensitive)."""
     info = get_info(name)

@@ -174,14 +174,6 @@ def make_loader(samples: SeededSamples, sampler: EpochSampler, batch_size: int, 
                       num_workers=num_workers, pin_memory=pin_memory, **extra)
 
 
-def subset(dataset: SegmentationDataset, n: int | None, spread: bool = True) -> SegmentationDataset:
-    """Keep ``n`` samples (evenly spaced when ``spread``, else the first ``n``) of an uncached dataset."""
-    if n is not None and n < len(dataset):
-        keep = [round(i * len(dataset) / n) for i in range(n)] if spread else list(range(n))
-        dataset.samples = [dataset.samples[i] for i in keep]
-    return dataset
-
-
 class Shard:
     """Rank ``rank``'s share (every ``world``-th image) of a split, with the API evaluate() reads."""
 

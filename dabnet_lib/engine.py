@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from .checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_for_resume, restore_rng, save_checkpoint,
                           write_bytes_atomic, write_metrics)
-from .datasets import SegmentationDataset, build_dataset, get_info, statistics
+from .datasets import SegmentationDataset, build_dataset, get_info, statistics, subset
 from .errors import CheckpointError, DabnetError
 from .inference import resolve_device
 from .losses import build_loss
@@ -138,8 +138,8 @@ class _Trainer:
         if r.val_split and r.val_every > 0:
             self.val_ds = build_dataset(r.dataset, data_root, r.val_split)
             self.val_seen = D.overlap(full_train, self.val_ds)
-            D.subset(self.val_ds, r.val_max_images, spread=False).cache_in_memory(show)
-        self.train_ds = D.subset(full_train, r.max_images).cache_in_memory(show)
+            subset(self.val_ds, r.val_max_images, spread=False).cache_in_memory(show)
+        self.train_ds = subset(full_train, r.max_images).cache_in_memory(show)
         if r.batch_size % ctx.world_size:
             raise DabnetError(f"batch_size {r.batch_size} must be divisible by the {ctx.world_size} DDP processes")
         self.batch = r.batch_size // ctx.world_size

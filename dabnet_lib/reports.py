@@ -10,12 +10,13 @@ import datetime as _dt
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
+
+from .checkpoints import write_bytes_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,14 +72,7 @@ def provenance(profile: str, budget: str, command: str, device: str | None = Non
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:

@@ -46,6 +46,37 @@ class Layout:
         return cls(root / "reports" / f"{dataset}_{profile}", root / "runs" / profile / dataset)
 
 
+TRAIN_SUBDIR = "train"  # notebook 03 trains into <run_dir>/train
+
+
+def training_result(run_dir: str | Path) -> Path:
+    """The checkpoint notebook 03 produced under ``run_dir`` (``summary.json``'s ``result``: best.pt
+    when selected on held-out validation, else last.pt)."""
+    import json
+
+    from .errors import DabnetError
+
+    summary = Path(run_dir) / TRAIN_SUBDIR / "summary.json"
+    if not summary.is_file():
+        raise DabnetError(f"no finished training run in {summary.parent}: run notebook 03 first "
+                          f"(make nb N=03) or pass checkpoint=<path>")
+    return Path(json.loads(summary.read_text())["result"])
+
+
+def training_budget(checkpoint: Mapping[str, Any]) -> str:
+    """What a checkpoint was trained with, for the report's budget line, e.g.
+    ``cpu profile: 60 min wall-clock on trainval, crop 180x240 -> 360x480; reached epoch 97, 5,700 iterations``."""
+    recipe = checkpoint.get("recipe") or {}
+    if not recipe:
+        return "unknown (checkpoint without a recipe, e.g. an official release file)"
+    limit = f"{recipe['minutes']:g} min wall-clock" if recipe.get("minutes") else f"{recipe.get('epochs')} epochs"
+    crop = "x".join(str(v) for v in recipe.get("crop_size", ()))
+    if recipe.get("final_fraction") and recipe.get("final_crop_size"):
+        crop += " -> " + "x".join(str(v) for v in recipe["final_crop_size"])
+    return (f"{recipe.get('profile')} profile: {limit} on {recipe.get('train_split')}, batch {recipe.get('batch_size')}, "
+            f"crop {crop}; reached epoch {checkpoint.get('epoch')}, {checkpoint.get('iteration', 0):,} iterations")
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised; the message names it and the file holding its partial output."""
 
@@ -108,8 +139,12 @@ def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path,
     except BaseException as exc:
         if partial.exists():
             os.replace(partial, failed)
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else lines[-1]
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "interrupted"
+        elif getattr(exc, "ename", None):  # papermill's PapermillExecutionError: the cell's exception
+            reason = f"{exc.ename}: {exc.evalue}"
+        else:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise NotebookFailed(
             f"notebook {name} failed after {time.perf_counter() - start:.0f} s: {reason}\n"
             f"  partial output kept in {failed}"
@@ -130,12 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--dataset", default="camvid", choices=("camvid", "cityscapes"))
     run.add_argument("--data-root", default=None)
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--reports", default=None, metavar="DIR",
+                     help="reports folder (default: the profile's, see `where reports`); notebooks go to DIR/notebooks")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="extra notebook parameter (value parsed as Python literal when possible)")
     run.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
     layout = Layout.for_profile(args.profile, args.dataset)
+    if getattr(args, "reports", None):
+        layout = Layout(Path(args.reports).resolve(), layout.runs)
     if args.cmd == "where":
         print(os.path.relpath(getattr(layout, args.what), Path.cwd()))
         return 0

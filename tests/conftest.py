@@ -13,7 +13,7 @@ SHARED = REPO.parent / "shared"
 
 
 def _camvid_source() -> Path:
-    src = Path(os.environ.get("CAMVID_SOURCE") or SHARED / "data" / "camvid")
+    src = Path(os.environ.get("CAMVID_SOURCE") or SHARED / "data" / "camvid").resolve()
     if not (src / "train").is_dir():
         pytest.fail(f"CamVid not found at {src}: set CAMVID_SOURCE to a SegNet-layout CamVid folder")
     return src

@@ -1,0 +1,107 @@
+"""The notebook-facing helpers: exploration, ablation bookkeeping, qualitative picks, report tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dabnet_lib import exploration
+from dabnet_lib.ablations import VARIANTS, ablation_recipe, add_noise_verdict
+from dabnet_lib.datasets import CAMVID, build_dataset
+from dabnet_lib.errors import DabnetError
+from dabnet_lib.model import DABNet, count_parameters
+from dabnet_lib.qualitative import pick_examples
+from dabnet_lib.reports import provenance, write_table
+from dabnet_lib.workbook import resolve, training_budget, training_result
+
+
+def test_split_summary_on_real_camvid(camvid_root: Path) -> None:
+    table = exploration.split_summary("camvid", camvid_root).set_index("split")
+    assert table.loc[["train", "val", "trainval", "test"], "images"].tolist() == [367, 101, 468, 233]
+    assert table.loc["test", "image_sizes"] == "360x480: 233"
+
+
+def test_class_presence_matches_labels(camvid_root: Path) -> None:
+    ds = build_dataset("camvid", camvid_root, "val")
+    ds.samples = ds.samples[:3]
+    presence = exploration.class_presence(ds, progress=False)
+    assert presence.shape == (3, 11) and list(presence.columns) == list(CAMVID.classes)
+    _, label = ds.load(1)
+    expected = [bool((label == c).any()) for c in range(11)]
+    assert presence.iloc[1].tolist() == expected
+
+
+def test_class_table_columns() -> None:
+    stats = {"class_counts": [3, 1], "class_frequencies": [0.75, 0.25],
+             "class_weights": [1 / math.log(1.85), 1 / math.log(1.35)]}
+    info = type("Info", (), {"classes": ("a", "b")})()
+    table = exploration.class_table(stats, info)
+    assert table["weight"].round(4).tolist() == [round(1 / math.log(1.85), 4), round(1 / math.log(1.35), 4)]
+
+
+def test_variants_are_distinct_configs_and_default_is_paper() -> None:
+    configs = [cfg for cfg, _ in VARIANTS.values()]
+    assert len(set(configs)) == len(configs) >= 6
+    assert count_parameters(DABNet(11, configs[0])) == 754_571
+
+
+def test_ablation_recipe_scores_held_out_val() -> None:
+    recipe = ablation_recipe("camvid", "cpu")
+    assert (recipe.train_split, recipe.val_split) == ("train", "val")
+    assert recipe.minutes == 2.5
+    assert ablation_recipe("camvid", "cpu", minutes=1).minutes == 1.0
+
+
+def test_noise_verdict() -> None:
+    table = pd.DataFrame({"variant": ["paper", "a", "b", "paper_seed1"], "val_miou": [50.0, 49.5, 45.0, 51.0]})
+    out = add_noise_verdict(table, "paper")
+    assert out.attrs["noise_points"] == 1.0
+    assert out["delta_vs_paper"].tolist() == [0.0, -0.5, -5.0, 1.0]
+    assert out.loc[1, "resolved"] is False and out.loc[2, "resolved"] is True
+    assert math.isnan(out.loc[0, "resolved"])
+    assert math.isnan(add_noise_verdict(table.iloc[:3], "paper").attrs["noise_points"])
+
+
+def test_pick_examples_best_median_worst() -> None:
+    ranking = pd.DataFrame({"index": range(7), "name": list("abcdefg"), "miou": np.linspace(0.9, 0.3, 7)})
+    picks = pick_examples(ranking, per_group=1)
+    assert picks["group"].tolist() == ["best", "median", "worst"]
+    assert picks["name"].tolist() == ["a", "d", "g"]
+    small = pick_examples(ranking.iloc[:2], per_group=2)
+    assert sorted(small["name"]) == ["a", "b"]  # each image at most once
+
+
+def test_write_table_with_provenance(tmp_path: Path) -> None:
+    df = pd.DataFrame({"variant": ["paper", "x"], "miou": [51.234, float("nan")]})
+    meta = provenance("smoke", "2 epochs", "make nb N=02")
+    csv, md = write_table(df, tmp_path / "t", meta, "Title", ["a note"])
+    assert pd.read_csv(csv)["miou"].iloc[0] == pytest.approx(51.234)
+    text = md.read_text()
+    for key in ("profile", "budget", "hardware", "date", "commit", "command"):
+        assert f"**{key}**" in text
+    assert "51.23" in text and "—" in text and "- a note" in text
+
+
+def test_training_result_and_budget(tmp_path: Path) -> None:
+    with pytest.raises(DabnetError, match="run notebook 03 first"):
+        training_result(tmp_path)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "summary.json").write_text(json.dumps({"result": str(tmp_path / "train" / "last.pt")}))
+    assert training_result(tmp_path) == tmp_path / "train" / "last.pt"
+    ckpt = {"epoch": 12, "iteration": 3456, "recipe": {"profile": "cpu", "minutes": 60.0, "train_split": "trainval",
+                                                       "batch_size": 8, "crop_size": [180, 240], "final_fraction": 0.25,
+                                                       "final_crop_size": [360, 480]}}
+    assert training_budget(ckpt) == ("cpu profile: 60 min wall-clock on trainval, batch 8, crop 180x240 -> 360x480; "
+                                     "reached epoch 12, 3,456 iterations")
+    assert "unknown" in training_budget({"epoch": 3})
+
+
+def test_notebook_names_resolve() -> None:
+    assert resolve("3") == resolve("03") == resolve("03_training.ipynb") == "03_training"
+    with pytest.raises(SystemExit, match="unknown notebook"):
+        resolve("09")
