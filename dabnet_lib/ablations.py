@@ -42,7 +42,7 @@ PAPER_MIOU: dict[str, float] = {}
 PAPER_NOTE = PAPER_ABLATION_NOTE
 
 #: Per-variant training minutes of the ablation budget, per profile (None = the recipe's epochs).
-ABLATION_MINUTES: dict[str, float | None] = {"smoke": None, "cpu": 2.5, "paper": None}
+ABLATION_MINUTES: dict[str, float | None] = {"smoke": None, "cpu": 1.25, "paper": None}
 
 
 def ablation_recipe(dataset: str, profile: str, minutes: float | None = None, **overrides: Any) -> Recipe:

@@ -53,7 +53,7 @@ def test_variants_are_distinct_configs_and_default_is_paper() -> None:
 def test_ablation_recipe_scores_held_out_val() -> None:
     recipe = ablation_recipe("camvid", "cpu")
     assert (recipe.train_split, recipe.val_split) == ("train", "val")
-    assert recipe.minutes == 2.5
+    assert recipe.minutes == 1.25 and recipe.compile is False
     assert ablation_recipe("camvid", "cpu", minutes=1).minutes == 1.0
 
 
