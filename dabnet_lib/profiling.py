@@ -1,0 +1,397 @@
+"""Parameters, FLOPs and an honest latency harness for DABNet and its optimised variants.
+
+- :func:`count_params`, :func:`flops` (``torch.utils.flop_counter``; GFLOPs and GMACs, 1 MAC = 2 FLOPs).
+- :func:`measure`: median / p90 latency (ms) and FPS of one callable, with the context that makes a
+  number meaningful (device, threads, batch, resolution, torch version, load average).
+- :func:`benchmark`: builds the requested variants (:mod:`dabnet_lib.inference_variants`), checks
+  each against eager and times them interleaved in rounds, so that a change in machine load hits
+  every variant alike; speed-ups are against eager measured in the same run.
+- :func:`export_onnx`: an ONNX file checked in onnxruntime before it is (atomically) written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DabnetError
+from .inference_variants import (
+    FP32_TOLERANCE,
+    ONNX_OPSET,
+    VARIANTS,
+    VariantError,
+    onnx_bytes,
+    optimize,
+    ort_fn,
+    ort_session,
+    relative_difference,
+)
+from .model import count_parameters
+
+#: Which unit the paper's tables use for FLOPs: our sources (../shared/paper/dabnet_tables.md, the
+#: official README) give no FLOP figure for DABNet at all, so we cannot tell.
+PAPER_FLOP_UNIT = "not stated in our sources"
+
+#: What notebook 06 times per profile: variants, input sizes (H, W), batch sizes, timed calls per
+#: variant (``iters``, spread over interleaved rounds), untimed warm-up calls, int8 calibration images.
+FPS_GRID: dict[str, dict[str, Any]] = {
+    "smoke": {"variants": ["eager", "channels_last", "folded", "onnxruntime"], "sizes": [(64, 96)],
+              "batches": [1], "iters": 3, "warmup": 1, "calibration": 2},
+    "cpu": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
+            "iters": 6, "warmup": 1, "calibration": 8},
+    "paper": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
+              "iters": 30, "warmup": 5, "calibration": 32},
+}
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters (756,643 for the paper's 19-class DABNet)."""
+    return count_parameters(model)
+
+
+def flops(model: nn.Module, input_size: tuple[int, int], batch: int = 1, channels: int = 3) -> dict[str, Any]:
+    """FLOPs of one forward pass on a (batch, channels, H, W) input, counted by ``FlopCounterMode``.
+
+    Returns ``flops`` (int, whole batch), ``gflops`` and ``gmacs`` per image (1 MAC = 2 FLOPs),
+    ``by_operator`` {aten op: FLOPs per image} and ``paper_unit``. Only convolutions, matmuls and the
+    like are counted; BatchNorm, PReLU, pooling and interpolation are not (FlopCounterMode's rule).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = input_size
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    images = torch.zeros(batch, channels, h, w, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(images)
+    total = int(counter.get_total_flops())
+    ops = counter.get_flop_counts().get("Global", {})
+    return {
+        "input_size": (h, w),
+        "batch": batch,
+        "flops": total,
+        "gflops": total / batch / 1e9,
+        "gmacs": total / batch / 2e9,
+        "by_operator": {str(op): int(n) // batch for op, n in ops.items()},
+        "paper_unit": PAPER_FLOP_UNIT,
+    }
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    """Human name of ``device``: the CUDA device name, or the CPU model from /proc/cpuinfo with its
+    logical CPU count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} logical CPUs)"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, idle) jiffies summed over all CPUs from /proc/stat, or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, idle
+
+
+def wait_for_idle(max_wait_s: float, threshold: float = 0.9, window_s: float = 1.0, windows: int = 2) -> float | None:
+    """Wait (up to ``max_wait_s``) until the CPUs were at least ``threshold`` idle (0..1) for ``windows``
+    consecutive ``window_s`` windows, i.e. no other process is busy. Returns the last idle fraction
+    seen (None where /proc/stat is missing). For timing on a shared machine."""
+    deadline = time.monotonic() + max_wait_s
+    calm = 0
+    frac = None
+    while True:
+        before = _cpu_times()
+        if before is None:
+            return None
+        time.sleep(window_s)
+        after = _cpu_times()
+        busy, idle = after[0] - before[0], after[1] - before[1]
+        frac = idle / (busy + idle) if busy + idle else 1.0
+        calm = calm + 1 if frac >= threshold else 0
+        if calm >= windows or time.monotonic() >= deadline:
+            return round(frac, 3)
+
+
+def measure(fn: Callable[[torch.Tensor], Any], input: torch.Tensor, warmup: int = 5, iters: int = 20) -> dict[str, Any]:
+    """Time ``fn(input)``: ``warmup`` untimed calls, then ``iters`` timed ones (under ``no_grad``).
+
+    CUDA is synchronised around every timed call. Returns ``median_ms``, ``p90_ms``, ``mean_ms``,
+    ``min_ms``, ``fps`` (= batch * 1000 / median_ms), ``times_ms`` (every call), ``device``,
+    ``threads``, ``batch``, ``resolution`` "HxW", ``torch`` and ``load_avg`` (1 min, at the end).
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    cuda = input.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times: list[float] = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(input)
+        sync()
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn(input)
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
+    return summarize(times, input, device_name(input.device))
+
+
+def summarize(times_ms: Sequence[float], input: torch.Tensor, device: str) -> dict[str, Any]:
+    """The statistics :func:`measure` reports, for a list of per-call times in ms."""
+    arr = np.asarray(times_ms, dtype=np.float64)
+    median = float(np.median(arr))
+    batch = int(input.shape[0])
+    return {
+        "median_ms": median,
+        "p90_ms": float(np.percentile(arr, 90)),
+        "mean_ms": float(arr.mean()),
+        "min_ms": float(arr.min()),
+        "fps": batch * 1000.0 / median,
+        "times_ms": [float(t) for t in arr],
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "resolution": f"{input.shape[-2]}x{input.shape[-1]}",
+        "torch": torch.__version__,
+        "load_avg": load_average(),
+    }
+
+
+# --------------------------------------------------------------------------- calibration images
+
+
+def calibration_images(
+    root: str | os.PathLike[str],
+    input_size: tuple[int, int],
+    count: int = 8,
+    split: str = "train",
+    mean: Sequence[float] | None = None,
+    dataset: str = "camvid",
+) -> list[torch.Tensor]:
+    """``count`` real images of ``split`` (evenly spread), normalised as the engine does (minus the RGB
+    ``mean``, default the dataset's official mean, no std) and resized to ``input_size``: a list of
+    (1, 3, H, W) float32 tensors. Raises :class:`DatasetError` when the data is missing."""
+    from .datasets import build_dataset, get_info
+    from .transforms import normalize
+
+    ds = build_dataset(dataset, root, split)
+    mean = tuple(mean) if mean is not None else get_info(dataset).official_mean
+    n = min(count, len(ds))
+    out = []
+    for i in np.linspace(0, len(ds) - 1, n).round().astype(int):
+        image, _ = ds.load(int(i))
+        x = normalize(image, mean).unsqueeze(0)
+        if tuple(x.shape[-2:]) != tuple(input_size):
+            x = torch.nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", align_corners=False)
+        out.append(x.contiguous())
+    return out
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def parse_variants(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` or ``"a,b"`` (or a list) -> variant names, order kept, duplicates dropped.
+    Unknown names are kept: :func:`benchmark` reports them as error rows."""
+    names = [v.strip() for v in (spec.split(",") if isinstance(spec, str) else spec) if v.strip()]
+    if names == ["all"] or not names:
+        return list(VARIANTS)
+    out: list[str] = []
+    for name in names:
+        for v in (VARIANTS if name == "all" else [name]):
+            if v not in out:
+                out.append(v)
+    return out
+
+
+def benchmark(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    variants: str | Sequence[str] = "all",
+    batch: int = 1,
+    threads: int | None = None,
+    warmup: int = 5,
+    iters: int = 30,
+    rounds: int = 3,
+    calibration: Sequence[torch.Tensor] | None = None,
+    check_inputs: Sequence[torch.Tensor] | None = None,
+    calibration_error: str | None = None,
+    idle_wait_s: float = 0.0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Build, check and time ``variants`` of ``model`` at ``batch`` x 3 x ``input_size`` on the CPU.
+
+    Eager is always built (the speed-up reference) and listed first. Times are taken in ``rounds``
+    interleaved rounds of ``ceil(iters / rounds)`` calls per variant. A variant that is unknown or
+    cannot be built gives a row with ``status`` "error" and its ``error`` message; the others run.
+    With ``idle_wait_s`` > 0 each round first waits (up to that long) for the CPUs to be otherwise
+    idle, for use on a shared machine; ``idle_before_rounds`` records the idle fraction seen.
+    Row keys: variant, status, ms (median), p90_ms, fps, speedup (vs eager), parity (text),
+    parity_ok, parity_value, build_s, notes, error, device, threads, batch, resolution, torch,
+    load_avg_start, load_avg_end, idle_before_rounds.
+    """
+    log = log or (lambda _msg: None)
+    names = parse_variants(variants)
+    if "eager" not in names:
+        names.insert(0, "eager")
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
+        context = {"device": device_name("cpu"), "threads": torch.get_num_threads(), "batch": batch,
+                   "resolution": f"{input_size[0]}x{input_size[1]}", "torch": torch.__version__,
+                   "load_avg_start": load_average()}
+        built: dict[str, Any] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        for name in names:
+            row = {"variant": name, "status": "ok", "ms": None, "p90_ms": None, "fps": None, "speedup": None,
+                   "parity": "", "parity_ok": None, "parity_value": None, "build_s": None, "notes": "",
+                   "error": None, **context}
+            rows[name] = row
+            log(f"building {name} ...")
+            try:
+                if name == "int8" and not calibration:
+                    raise VariantError(calibration_error or "no calibration images given")
+                opt = optimize(model, name, example_input=example, calibration=calibration,
+                               threads=torch.get_num_threads(), check_inputs=check_inputs)
+            except VariantError as exc:
+                row.update(status="error", error=str(exc))
+                continue
+            built[name] = opt
+            row.update(parity=opt.parity.get("text", ""), parity_ok=opt.parity.get("ok"),
+                       parity_value=opt.parity.get("value"), build_s=round(opt.build_s, 2), notes=opt.notes)
+        times: dict[str, list[float]] = {name: [] for name in built}
+        per_round = max(1, math.ceil(iters / max(1, rounds)))
+        for name, opt in built.items():
+            log(f"warming up {name} ...")
+            measure(opt, example, warmup=max(0, warmup - 1), iters=1)
+        idle_seen: list[float | None] = []
+        for r in range(max(1, rounds)):
+            if idle_wait_s > 0:
+                idle_seen.append(wait_for_idle(idle_wait_s))
+            for name, opt in built.items():
+                times[name] += measure(opt, example, warmup=1, iters=per_round)["times_ms"]
+            log(f"round {r + 1}/{rounds} done (load {load_average()})")
+        end_load = load_average()
+        eager_ms = None
+        for name in built:
+            stats = summarize(times[name], example, context["device"])
+            rows[name].update(ms=round(stats["median_ms"], 2), p90_ms=round(stats["p90_ms"], 2),
+                              fps=round(stats["fps"], 2))
+            if name == "eager":
+                eager_ms = stats["median_ms"]
+        for row in rows.values():
+            row["load_avg_end"] = end_load
+            row["idle_before_rounds"] = idle_seen
+            if row["ms"] is not None and eager_ms:
+                row["speedup"] = round(eager_ms / row["ms"], 2)
+        return list(rows.values())
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def describe(model: nn.Module, input_size: tuple[int, int], rows: Sequence[dict[str, Any]],
+             weights: str = "") -> dict[str, Any]:
+    """Context for a benchmark table: ``params``, ``gflops``, ``gmacs`` and printable ``lines``
+    (model size and cost, device, threads, batch, torch, load average before -> after, weights)."""
+    cost = flops(model, input_size)
+    params = count_params(model)
+    first = rows[0] if rows else {}
+    h, w = input_size
+    lines = [
+        f"DABNet {getattr(model, 'num_classes', '?')} classes: {params:,} parameters, {cost['gflops']:.2f} GFLOPs "
+        f"= {cost['gmacs']:.2f} GMACs per {h}x{w} image (1 MAC = 2 FLOPs; paper's unit: {PAPER_FLOP_UNIT})",
+        f"device: {first.get('device', device_name())}; threads {first.get('threads')}; batch {first.get('batch')}; "
+        f"torch {torch.__version__}; load average {first.get('load_avg_start')} -> {first.get('load_avg_end')}",
+    ]
+    if weights:
+        lines.append(f"weights: {weights}")
+    return {"params": params, "gflops": cost["gflops"], "gmacs": cost["gmacs"], "lines": lines}
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The benchmark rows as a plain-text table (variant, ms, p90, FPS, speed-up, parity, build s)."""
+    from tabulate import tabulate
+
+    table = []
+    for r in rows:
+        if r["status"] != "ok":
+            table.append([r["variant"], "-", "-", "-", "-", f"error: {r['error']}", "-"])
+            continue
+        table.append([r["variant"], f"{r['ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['fps']:.1f}",
+                      f"{r['speedup']:.2f}x", r["parity"], f"{r['build_s']:.1f}"])
+    return tabulate(table, headers=["variant", "ms (median)", "p90 ms", "FPS", "vs eager", "check", "build s"],
+                    disable_numparse=True)
+
+
+# --------------------------------------------------------------------------- ONNX export
+
+
+def export_onnx(
+    model: nn.Module,
+    out: str | os.PathLike[str],
+    input_size: tuple[int, int] = (360, 480),
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Write ``model`` as ONNX to ``out`` (dynamic batch/height/width) after checking it in onnxruntime.
+
+    The check runs the bytes in an ORT session on a random (1, 3, H, W) input and requires the logits
+    to match eager within ``FP32_TOLERANCE`` (relative); only then is the file written (temp file in
+    the same folder, then ``os.replace``). Returns path, bytes, max_rel_diff, opset, input_size.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise DabnetError(f"export: folder {out.parent} does not exist: create it or choose another --out")
+    model = model.eval()
+    example = torch.randn(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
+    data = onnx_bytes(model, example, dynamic=True)
+    run = ort_fn(ort_session(data, threads or torch.get_num_threads()))
+    with torch.inference_mode():
+        rel = relative_difference(model(example), run(example))
+    if not rel <= FP32_TOLERANCE:
+        raise VariantError(f"export: onnxruntime logits differ from PyTorch by {rel:.2e} (relative) > "
+                           f"{FP32_TOLERANCE}: file not written")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"path": str(out), "bytes": len(data), "max_rel_diff": rel, "opset": ONNX_OPSET,
+            "input_size": tuple(input_size)}

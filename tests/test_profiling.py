@@ -1,0 +1,296 @@
+"""dabnet_lib.profiling / inference_variants and the `dabnet fps` / `dabnet export` commands.
+
+Small inputs (64x96) and few iterations; no timing assertions (timings belong to `dabnet fps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dabnet_lib import cli
+from dabnet_lib.datasets import CAMVID, CamVid
+from dabnet_lib.inference_rewrites import InferenceForward, upsample_bilinear
+from dabnet_lib.inference_variants import (
+    FP32_TOLERANCE,
+    INT8_MIN_AGREEMENT,
+    TORCHAO_PIP,
+    VARIANTS,
+    VariantError,
+    count_batchnorms,
+    fold_batchnorm,
+    label_agreement,
+    optimize,
+    relative_difference,
+)
+from dabnet_lib.model import Conv, DABNet, DABNetConfig
+from dabnet_lib.profiling import calibration_images, count_params, flops, measure
+from dabnet_lib.transforms import normalize
+
+SIZE = (64, 96)
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that folding them actually changes the weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> DABNet:
+    torch.manual_seed(0)
+    return _randomise_bn(DABNet(11))
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)) * 60
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(argv)
+    return code, out.getvalue()
+
+
+# --------------------------------------------------------------------------- params / FLOPs / measure
+
+
+def test_flops_of_one_conv_equal_the_hand_count() -> None:
+    conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+    result = flops(conv, (32, 48))
+    macs = 8 * 16 * 24 * 3 * 3 * 3  # out channels * out pixels * (in channels * kernel)
+    assert result["flops"] == 2 * macs
+    assert result["gmacs"] == pytest.approx(macs / 1e9)
+    assert result["gflops"] == pytest.approx(2 * result["gmacs"])
+    dw = nn.Conv2d(16, 16, (3, 1), padding=(1, 0), groups=16, bias=False)
+    assert flops(dw, (10, 12), channels=16)["flops"] == 2 * 16 * 10 * 12 * 3
+
+
+def test_flops_of_dabnet_are_the_sum_of_its_convolutions() -> None:
+    net = DABNet(11).eval()
+    expected = 0
+
+    def hook(mod: nn.Conv2d, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal expected
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+        expected += 2 * out.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 72, 104))
+    for h in handles:
+        h.remove()
+    result = flops(net, (72, 104))
+    assert result["flops"] == expected
+    assert result["paper_unit"] == "not stated in our sources"
+    assert count_params(net) == sum(p.numel() for p in net.parameters())
+
+
+def test_measure_reports_latency_fps_and_context() -> None:
+    calls = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return x * 2
+
+    x = torch.zeros(3, 3, 20, 30)
+    stats = measure(fn, x, warmup=2, iters=5)
+    assert len(calls) == 7 and len(stats["times_ms"]) == 5
+    assert stats["median_ms"] == pytest.approx(float(np.median(stats["times_ms"])))
+    assert stats["p90_ms"] >= stats["median_ms"] > 0
+    assert stats["fps"] == pytest.approx(3 * 1000 / stats["median_ms"])
+    assert (stats["batch"], stats["resolution"], stats["torch"]) == (3, "20x30", torch.__version__)
+    assert stats["threads"] == torch.get_num_threads() and stats["device"]
+    with pytest.raises(ValueError):
+        measure(fn, x, iters=0)
+
+
+def test_calibration_images_are_mean_subtracted_training_images(camvid_root: Path) -> None:
+    [native] = calibration_images(camvid_root, (360, 480), count=1)
+    image, _ = CamVid(camvid_root, "train").load(0)
+    assert torch.equal(native[0], normalize(image, CAMVID.official_mean))
+    small = calibration_images(camvid_root, SIZE, count=3)
+    assert len(small) == 3 and all(x.shape == (1, 3, *SIZE) and x.dtype == torch.float32 for x in small)
+
+
+# --------------------------------------------------------------------------- folding and variants
+
+
+def test_folding_is_exact_and_removes_every_bn_that_follows_a_conv(model: DABNet, images: torch.Tensor) -> None:
+    before = count_batchnorms(model)
+    with torch.no_grad():
+        reference = model(images)
+    folded = fold_batchnorm(model)
+    cfg = model.config
+    # stem 3 + per DAB module (3x3 conv + 4 branch convs) + the non-widening down-sampling block
+    expected_folded = 3 + 5 * (cfg.blocks_1 + cfg.blocks_2) + 1
+    assert before - count_batchnorms(folded) == expected_folded
+    assert count_batchnorms(model) == before  # the original is untouched
+    folded_convs = [m for m in folded.modules() if isinstance(m, Conv) and m.bn_prelu is not None]
+    assert all(isinstance(m.bn_prelu.bn, nn.Identity) and m.conv.bias is not None for m in folded_convs)
+    with torch.no_grad():
+        out = folded(images)
+        assert torch.equal(model(images), reference)
+    assert relative_difference(reference, out) < 1e-5
+
+
+def test_folding_handles_an_ablation_config(images: torch.Tensor) -> None:
+    cfg = DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8), branches="local",
+                       dw_shape="square")
+    net = _randomise_bn(DABNet(5, cfg), seed=3)
+    with torch.no_grad():
+        assert relative_difference(net(images), fold_batchnorm(net)(images)) < 1e-5
+
+
+def test_upsample_bilinear_equals_interpolate() -> None:
+    x = torch.randn(2, 11, 7, 9, generator=torch.Generator().manual_seed(4))
+    for size in ((56, 72), (21, 9), (7, 36), (30, 40)):  # x8, x3/x1, x1/x4, not a multiple (fallback)
+        expected = torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=False)
+        got = upsample_bilinear(x, size)
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("cfg", [DABNetConfig(), DABNetConfig(blocks_1=1, blocks_2=1, dilations_1=(2,),
+                                                                dilations_2=(4,), input_injection=False)])
+def test_inference_forward_matches_the_model(cfg: DABNetConfig, images: torch.Tensor) -> None:
+    net = _randomise_bn(DABNet(7, cfg), seed=5)
+    with torch.no_grad():
+        expected = net(images)
+        assert torch.equal(InferenceForward(net, fast_upsample=False)(images), expected)
+        assert relative_difference(expected, InferenceForward(net)(images)) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["eager", "channels_last", "folded", "onnxruntime"])
+def test_fp32_variant_matches_eager(model: DABNet, images: torch.Tensor, variant: str) -> None:
+    opt = optimize(model, variant, example_input=images, threads=2)
+    assert opt.variant == variant and opt.parity["ok"] is True
+    assert opt.parity["value"] <= FP32_TOLERANCE
+    other = images.flip(-1) * 0.5  # a second input, not the one the check used
+    with torch.no_grad():
+        expected = model(other)
+    out = opt(other)
+    assert out.shape == (1, 11, *SIZE)
+    assert relative_difference(expected, out) <= FP32_TOLERANCE
+
+
+def test_compiled_variant_matches_eager(model: DABNet, images: torch.Tensor) -> None:
+    opt = optimize(model, "compiled", example_input=images)
+    assert opt.parity["ok"] is True and opt.build_s > 0
+    assert "freezing" in opt.notes and "InferenceForward" in opt.notes
+    other = images * -0.7
+    with torch.no_grad():
+        expected = model(other)
+    out = opt(other)
+    assert out.shape == expected.shape
+    assert relative_difference(expected, out) <= FP32_TOLERANCE
+
+
+def test_int8_variant(camvid_root: Path) -> None:
+    torch.manual_seed(0)  # a shallow DABNet keeps the quantise + compile time of this test down
+    net = DABNet(11, DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8))).eval()
+    calibration = calibration_images(camvid_root, SIZE, count=2)
+    check = calibration_images(camvid_root, SIZE, count=2, split="val")
+    if importlib.util.find_spec("torchao") is None:
+        # PT2E quantisation lives in torchao for torch >= 2.10: the variant must say what to install.
+        with pytest.raises(VariantError, match=TORCHAO_PIP.replace(".", r"\.")):
+            optimize(net, "int8", example_input=calibration[0], calibration=calibration)
+        return
+    opt = optimize(net, "int8", example_input=calibration[0], calibration=calibration, check_inputs=check)
+    assert opt.parity["metric"] == "label_agreement_pct"
+    with torch.no_grad():
+        own = np.mean([label_agreement(net(x), opt(x)) for x in check])
+    assert opt.parity["value"] == pytest.approx(own)
+    assert opt.parity["ok"] == (own >= INT8_MIN_AGREEMENT)
+    # random weights give near-tied logits, so exact agreement is not expected; a broken
+    # quantisation (wrong scales, layouts) lands near chance, 100/11 %
+    assert own >= 60.0
+    with pytest.raises(VariantError, match="built for input"):
+        opt(torch.zeros(1, 3, 32, 32))
+
+
+def test_unknown_variant_and_missing_calibration_raise(model: DABNet) -> None:
+    with pytest.raises(VariantError, match="unknown variant 'turbo'.*" + ", ".join(VARIANTS)):
+        optimize(model, "turbo")
+    with pytest.raises(VariantError, match="calibration"):
+        optimize(model, "int8")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_fps_json_has_every_requested_row(tmp_path: Path) -> None:
+    code, out = _run_cli(["fps", "64,96", "--variants", "eager,folded,warp9,int8,channels_last",
+                          "--iters", "3", "--warmup", "1", "--rounds", "1", "--threads", "2",
+                          "--data-root", str(tmp_path / "no_camvid"), "--json", "--quiet"])
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["variant"] for r in rows] == ["eager", "folded", "warp9", "int8", "channels_last"]
+    by = {r["variant"]: r for r in rows}
+    for name in ("eager", "folded", "channels_last"):
+        r = by[name]
+        assert r["status"] == "ok" and r["ms"] > 0 and r["parity_ok"] is True
+        assert r["fps"] == pytest.approx(1000 / r["ms"], rel=0.01)
+        assert r["speedup"] == pytest.approx(by["eager"]["ms"] / r["ms"], rel=0.02)
+        assert (r["resolution"], r["batch"], r["threads"]) == ("64x96", 1, 2)
+    assert by["eager"]["speedup"] == 1.0
+    assert by["warp9"]["status"] == "error" and "unknown variant 'warp9'" in by["warp9"]["error"]
+    assert by["int8"]["status"] == "error" and "no_camvid" in by["int8"]["error"]
+    assert all(r["ms"] is None for r in (by["warp9"], by["int8"]))
+
+
+def test_fps_table_names_the_context() -> None:
+    code, out = _run_cli(["fps", "48,64", "--variants", "folded", "--iters", "2", "--warmup", "0",
+                          "--rounds", "1", "--quiet"])
+    assert code == 0
+    lines = out.splitlines()
+    assert "parameters" in lines[0] and "GFLOPs" in lines[0] and "GMACs" in lines[0]
+    assert "threads" in lines[1] and "load average" in lines[1]
+    assert any(l.startswith("eager ") for l in lines) and any(l.startswith("folded ") for l in lines)
+
+
+def test_export_round_trip_through_onnxruntime(tmp_path: Path, model: DABNet) -> None:
+    import onnxruntime as ort
+
+    ckpt = tmp_path / "weights.pt"
+    torch.save({"model": model.state_dict(), "num_classes": 11}, ckpt)
+    out = tmp_path / "dabnet.onnx"
+    code, text = _run_cli(["export", "--format", "onnx", "--out", str(out), "--checkpoint", str(ckpt),
+                           "--input-size", "64,96"])
+    assert code == 0 and "wrote" in text and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dabnet.onnx", "weights.pt"]  # no temp file left
+    assert os.stat(out).st_mode & 0o044  # readable by others like any normal file
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in ((1, 3, 64, 96), (2, 3, 72, 104)):  # the exported axes are dynamic
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)) * 50
+        with torch.no_grad():
+            expected = model(x)
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        assert got.shape == expected.shape
+        assert relative_difference(expected, got) <= FP32_TOLERANCE
+
+
+def test_export_to_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["export", "--out", str(tmp_path / "nope" / "m.onnx"), "--input-size", "32,32"])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()
