@@ -341,6 +341,9 @@ def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per variant (default 5)")
     p.add_argument("--iters", type=int, default=30, help="timed calls per variant (default 30)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--idle-wait", type=float, default=0.0, metavar="S",
+                   help="before each round wait up to S seconds for the CPUs to be otherwise idle "
+                        "(for a shared machine; default 0 = don't wait)")
     p.add_argument("--data-root", default="data/camvid", metavar="DIR",
                    help="CamVid folder for int8 calibration (train) and checks (val) (default data/camvid)")
     p.add_argument("--calibration-images", type=int, default=8, metavar="N", help="int8 calibration images (default 8)")
@@ -369,7 +372,7 @@ def _run_fps(args: argparse.Namespace) -> int:
             calibration_error = f"no CamVid calibration images ({exc}); pass --data-root DIR or run `make data`"
     rows = benchmark(model, args.size, args.variants, batch=args.batch, threads=args.threads, warmup=args.warmup,
                      iters=args.iters, rounds=args.rounds, calibration=calibration, check_inputs=check,
-                     calibration_error=calibration_error, log=log)
+                     calibration_error=calibration_error, idle_wait_s=args.idle_wait, log=log)
     info = describe(model, args.size, rows, weights)
     for row in rows:
         row.update(gflops=info["gflops"], params=info["params"], weights=weights)
