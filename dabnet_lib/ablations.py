@@ -108,18 +108,18 @@ def run_ablations(recipe: Recipe, data_root: str | Path, out_dir: str | Path,
 
 
 def add_noise_verdict(table: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Add ``delta_vs_paper`` (val mIoU points vs the reference variant) and ``resolved``: whether the
+    """Add ``delta_vs_default`` (val mIoU points vs the reference variant) and ``resolved``: whether the
     difference exceeds the measured seed-to-seed spread of the reference (True/False; NaN without a
     noise run)."""
     table = table.copy()
     ref = table.loc[table["variant"] == reference, "val_miou"]
     noise_rows = table[table["variant"].str.startswith(f"{reference}_seed")]
     base = float(ref.iloc[0]) if len(ref) else math.nan
-    table["delta_vs_paper"] = table["val_miou"] - base
+    table["delta_vs_default"] = table["val_miou"] - base
     if len(noise_rows):
         spread = float(max(abs(noise_rows["val_miou"] - base).max(), 0.0))
         table["resolved"] = [bool(abs(d) > spread) if not name.startswith(reference) else math.nan
-                             for name, d in zip(table["variant"], table["delta_vs_paper"])]
+                             for name, d in zip(table["variant"], table["delta_vs_default"])]
         table.attrs["noise_points"] = spread
     else:
         table["resolved"] = math.nan

@@ -61,7 +61,7 @@ def test_noise_verdict() -> None:
     table = pd.DataFrame({"variant": ["paper", "a", "b", "paper_seed1"], "val_miou": [50.0, 49.5, 45.0, 51.0]})
     out = add_noise_verdict(table, "paper")
     assert out.attrs["noise_points"] == 1.0
-    assert out["delta_vs_paper"].tolist() == [0.0, -0.5, -5.0, 1.0]
+    assert out["delta_vs_default"].tolist() == [0.0, -0.5, -5.0, 1.0]
     assert out.loc[1, "resolved"] is False and out.loc[2, "resolved"] is True
     assert math.isnan(out.loc[0, "resolved"])
     assert math.isnan(add_noise_verdict(table.iloc[:3], "paper").attrs["noise_points"])
