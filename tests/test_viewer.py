@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -23,22 +22,7 @@ from dabnet_lib.viewer import (
 )
 from dabnet_lib.visualize import colorize, error_map, overlay
 
-
-@dataclass(frozen=True)
-class FakeInfo:
-    """Stand-in with DatasetInfo's fields (3 classes + void)."""
-
-    name: str = "fake"
-    classes: tuple[str, ...] = ("sky", "road", "car")
-    palette: np.ndarray = field(
-        default_factory=lambda: np.array([[200, 20, 30], [40, 150, 60], [70, 80, 240], [0, 0, 0]], dtype=np.uint8)
-    )
-    ignore_index: int = 255
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
+from fakes import FakeInfo
 
 INFO = FakeInfo()
 H, W = 12, 16

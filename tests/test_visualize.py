@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -27,24 +26,9 @@ from dabnet_lib.visualize import (
     to_png_bytes,
 )
 
+from fakes import FakeInfo
 
-@dataclass(frozen=True)
-class FakeInfo:
-    """Stand-in with DatasetInfo's fields (3 classes + void)."""
-
-    name: str = "fake"
-    classes: tuple[str, ...] = ("sky", "road", "car")
-    palette: np.ndarray = field(
-        default_factory=lambda: np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90], [1, 2, 3]], dtype=np.uint8)
-    )
-    ignore_index: int = 255
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-INFO = FakeInfo()
+INFO = FakeInfo(palette=np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90], [1, 2, 3]], dtype=np.uint8))
 LABEL = np.array([[0, 1, 2], [255, 2, 0]], dtype=np.uint8)
 PRED = np.array([[0, 2, 2], [1, 2, 1]], dtype=np.int64)
 
