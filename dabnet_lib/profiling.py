@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from .inference_variants import (
     relative_difference,
 )
 from .model import count_parameters
+from .reports import cpu_name
 
 #: Which unit the paper's tables use for FLOPs: our sources (../shared/paper/dabnet_tables.md, the
 #: official README) give no FLOP figure for DABNet at all, so we cannot tell.
@@ -93,15 +93,7 @@ def device_name(device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} logical CPUs)"
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
 
 
 def load_average() -> float | None:
