@@ -5,7 +5,8 @@
     tensors and model, ``num_workers=4`` (its default), and a learning-rate scheduler object built
     anew every iteration to set the warm-up/poly lr by hand.
 (b) this engine: the split decoded once into RAM, :class:`TrainTransform` with per-sample seeds,
-    channels_last model and inputs, :func:`engine.train_step` and a persistent
+    channels_last model and inputs (NCHW where :func:`step.training_memory_format` refuses channels_last
+    under bf16), :func:`step.train_step` and a persistent
     :class:`WarmupPolyLR` (in-process augmentation by default); ``dabnet bench-train`` sets its amp and
     compile as the camvid ``cpu`` profile does (bf16 autocast, torch.compile), overridable.
 
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
 from .datasets import CAMVID, build_dataset, subset
-from .engine import autocast_dtype, train_step
+from .step import autocast_dtype, train_step, training_memory_format
 from .losses import build_loss
 from .model import DABNet
 from .schedule import WarmupPolyLR, lr_factor
@@ -156,10 +157,11 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
     ds.cache_in_memory(progress=False)
     out["decode_once_s"] = time.perf_counter() - t
     torch.manual_seed(seed)
-    model_b = DABNet(info.num_classes).to(memory_format=torch.channels_last).train()
+    amp_dtype = autocast_dtype(amp, torch.device("cpu"))
+    layout, _note = training_memory_format(True, amp_dtype, torch.device("cpu"))
+    model_b = DABNet(info.num_classes).to(memory_format=layout).train()
     opt_b = torch.optim.Adam(model_b.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
     step_model = torch.compile(model_b, dynamic=False) if compile else model_b
-    amp_dtype = autocast_dtype(amp, torch.device("cpu"))
     sched = WarmupPolyLR(opt_b, total, 500, 1 / 3, 0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     transform = TrainTransform(input_size, PAPER_SCALES, mean=info.official_mean, ignore_index=info.ignore_index)
@@ -171,7 +173,7 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
         return iter(engine_loader)
 
     def engine_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(step_model, x.contiguous(memory_format=torch.channels_last), y, criterion, opt_b, scaler, amp_dtype)
+        train_step(step_model, x.contiguous(memory_format=layout), y, criterion, opt_b, scaler, amp_dtype)
         sched.advance()
 
     official, engine = _Loop(official_batches, official_step), _Loop(engine_batches, engine_step)
@@ -185,7 +187,8 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
         official.run(1, iters)
         engine.run(1, iters)
     out["official"] = {**official.result(), "num_workers": official_workers, "layout": "NCHW"}
-    out["engine"] = {**engine.result(), "num_workers": num_workers, "layout": "channels_last", "amp": amp,
+    out["engine"] = {**engine.result(), "num_workers": num_workers,
+                     "layout": "channels_last" if layout == torch.channels_last else "NCHW", "amp": amp,
                      "compile": compile}
     out["ratio"] = out["engine"]["images_per_s"] / out["official"]["images_per_s"]
     out["load_after"] = os.getloadavg()[0]
@@ -207,7 +210,7 @@ def format_bench(result: dict[str, Any]) -> str:
         f"{result['load_after']:.1f} after (other processes slow both loops)",
         f"(a) official-style loop (cv2 decode per sample, NCHW, {a['num_workers']} workers, scheduler rebuilt "
         f"every step): {a['images_per_s']:.2f} images/s (rounds: {rates(a)})",
-        f"(b) this engine (decoded once in {result['decode_once_s']:.1f} s, channels_last, {b['num_workers']} "
+        f"(b) this engine (decoded once in {result['decode_once_s']:.1f} s, {b['layout']}, {b['num_workers']} "
         f"workers, amp {b['amp']}, compile {'on' if b['compile'] else 'off'}; warm-up "
         f"{result['engine_warmup_s']:.0f} s untimed): {b['images_per_s']:.2f} images/s (rounds: {rates(b)})",
         f"ratio (b)/(a): {result['ratio']:.2f}x",

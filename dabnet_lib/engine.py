@@ -6,7 +6,9 @@ and on interruption), ``best.pt`` (best val mIoU; never when the training split 
 images), ``epoch_XXXX.pt`` every ``save_every`` epochs, ``summary.json`` at the end.
 
 Throughput: the training split is decoded once into RAM, augmented in-process (``num_workers=0``)
-or by forked persistent workers, fed channels_last; ``threads="auto"`` re-chooses the CPU thread
+or by forked persistent workers, fed channels_last (NCHW where bf16 channels_last gradients are wrong,
+see :mod:`dabnet_lib.step`); a step with a non-finite loss or gradient is skipped and counted
+(``skipped_steps``), 20 in a row stop the run; ``threads="auto"`` re-chooses the CPU thread
 count while training (:class:`~dabnet_lib.distributed.ThreadTuner`: on a shared 2-core machine two
 threads collapse when another process holds a core); CUDA adds AMP (bf16, else fp16 + GradScaler),
 cudnn.benchmark, pinned memory and non-blocking copies.
@@ -56,6 +58,7 @@ from .losses import build_loss
 from .model import DABNet, DABNetConfig, load_weights
 from .recipes import Recipe
 from .schedule import WarmupPolyLR
+from .step import autocast_dtype, train_step, training_memory_format
 from .transforms import TrainTransform
 
 DEFAULT_DATA_DIR = Path("data")
@@ -72,28 +75,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 # -- building blocks (also used by bench.py and the tests) ------------------------------------------
 
-def autocast_dtype(recipe_amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``recipe.amp`` on ``device`` (None = full precision; ``auto`` = CUDA only)."""
-    if recipe_amp == "off" or (recipe_amp == "auto" and device.type != "cuda"):
-        return None
-    if recipe_amp == "fp16" or (recipe_amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
-               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One optimisation step on a batch (images (N, 3, H, W) float, labels (N, H, W) int64, on the
-    model's device); returns the detached loss (no host sync)."""
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = model(images)
-    loss = criterion(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
+#: Consecutive skipped (non-finite) steps after which training stops with an error.
+MAX_SKIPPED_IN_A_ROW = 20
 
 
 def build_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
@@ -128,8 +111,10 @@ class _Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.amp = autocast_dtype(r.amp, device)
-        self.mf = torch.channels_last if r.channels_last else torch.contiguous_format
+        self.mf, layout_note = training_memory_format(r.channels_last, self.amp, device)
         show = not quiet and self.main
+        if layout_note:
+            self.log(layout_note, always=True)
 
         # data: decode once, then augment from RAM
         full_train = build_dataset(r.dataset, data_root, r.train_split)
@@ -190,10 +175,11 @@ class _Trainer:
         self.best: float | None = None
         self.acc = self._zero_acc()
         self._signal = 0
+        self.skipped_in_a_row = 0
 
     @staticmethod
     def _zero_acc() -> dict[str, float]:
-        return {"loss_sum": 0.0, "loss_n": 0, "images": 0, "train_s": 0.0}
+        return {"loss_sum": 0.0, "loss_n": 0, "images": 0, "train_s": 0.0, "skipped": 0}
 
     def log(self, msg: str, always: bool = False) -> None:
         if self.main and (always or not self.quiet):
@@ -313,9 +299,13 @@ class _Trainer:
         for images, labels in self.loader:
             images = images.to(self.dev, non_blocking=True).contiguous(memory_format=self.mf)
             labels = labels.to(self.dev, non_blocking=True)
-            loss = self._step(images, labels)
-            loss_sum += loss
-            loss_n += 1
+            loss, applied = self._step(images, labels)
+            if applied:
+                loss_sum += loss
+                loss_n += 1
+                self.skipped_in_a_row = 0
+            else:
+                self._skipped(float(loss))
             self.iteration += 1
             self.position += 1
             self.acc["images"] += images.shape[0] * self.ctx.world_size
@@ -330,7 +320,7 @@ class _Trainer:
             self.elapsed = elapsed
             self.sched.advance(elapsed if self.budget_s else None)
             if self.main and not bar.disable and (self.dev.type == "cpu" or self.iteration % 10 == 0):
-                bar.set_postfix(ep=self.epoch + 1, loss=f"{float(loss_sum) / loss_n:.3f}",
+                bar.set_postfix(ep=self.epoch + 1, loss=f"{float(loss_sum) / max(1, loss_n):.3f}",
                                 lr=f"{self.opt.param_groups[0]['lr']:.2e}", refresh=False)
             if self.budget_s:
                 bar.update(min(int(elapsed), int(self.budget_s)) - bar.n)
@@ -361,7 +351,19 @@ class _Trainer:
             raise TrainingInterrupted(self._signal, self.out / "last.pt" if self.main else None)
         return stop
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _skipped(self, loss: float) -> None:
+        """Count a step whose loss or gradients were not finite (its update was skipped)."""
+        self.acc["skipped"] += 1
+        self.skipped_in_a_row += 1
+        self.log(f"iteration {self.iteration + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'}, "
+                 "update skipped", always=True)
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise DabnetError(
+                f"training diverged: {self.skipped_in_a_row} steps in a row had a non-finite loss or gradient "
+                f"(iteration {self.iteration + 1}); weights are unchanged since the last good step. Lower lr "
+                f"(--set lr=...) or train in full precision (--set amp=off); resume from {self.out / 'last.pt'}")
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
         try:
             return train_step(self.model, images, labels, self.criterion, self.opt, self.scaler, self.amp)
         except Exception as exc:  # noqa: BLE001  (torch.compile needs a C++ toolchain; anything it raises)
@@ -377,7 +379,8 @@ class _Trainer:
         scale, crop = self._stage_geometry(self.stage or 0)
         row: dict[str, Any] = {
             "epoch": self.epoch if completed else round(self.epoch + self.position / self.ipe, 4),
-            "iteration": self.iteration, "loss": a["loss_sum"] / max(1, a["loss_n"]),
+            "iteration": self.iteration, "loss": a["loss_sum"] / a["loss_n"] if a["loss_n"] else None,
+            "skipped_steps": a["skipped"],
             "lr": self.opt.param_groups[0]["lr"], "val_miou": None,
             "images_per_s": a["images"] / a["train_s"] if a["train_s"] > 0 else None,
             "elapsed_s": round(self.elapsed, 3), "train_s": round(a["train_s"], 3), "images": a["images"],
@@ -394,7 +397,9 @@ class _Trainer:
         val = "" if row["val_miou"] is None else f", val mIoU {100 * row['val_miou']:.2f}%" + (
             " (val images are in the training split)" if self.val_seen else "")
         ips = row["images_per_s"]
-        self.log(f"epoch {row['epoch']}: loss {row['loss']:.4f}, lr {row['lr']:.2e}, "
+        loss = "-" if row["loss"] is None else f"{row['loss']:.4f}"
+        skipped = f" ({row['skipped_steps']} non-finite steps skipped)" if row["skipped_steps"] else ""
+        self.log(f"epoch {row['epoch']}: loss {loss}{skipped}, lr {row['lr']:.2e}, "
                  f"{'-' if ips is None else f'{ips:.1f}'} img/s, {row['elapsed_s'] / 60:.1f} min{val}")
         if self.on_epoch is not None:
             self.on_epoch(row)

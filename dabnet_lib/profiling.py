@@ -42,14 +42,19 @@ from .reports import cpu_name
 PAPER_FLOP_UNIT = "not stated in our sources"
 
 #: What notebook 06 times per profile: variants, input sizes (H, W), batch sizes, timed calls per
-#: variant (``iters``, spread over interleaved rounds), untimed warm-up calls, int8 calibration images.
+#: variant (``iters``, spread over interleaved rounds), untimed warm-up calls, int8 calibration images,
+#: and the variants whose val mIoU is compared with eager (:mod:`dabnet_lib.variant_accuracy`) on the
+#: first ``accuracy_limit`` val images (None: all).
 FPS_GRID: dict[str, dict[str, Any]] = {
     "smoke": {"variants": ["eager", "channels_last", "folded", "onnxruntime"], "sizes": [(64, 96)],
-              "batches": [1], "iters": 3, "warmup": 1, "calibration": 2},
+              "batches": [1], "iters": 3, "warmup": 1, "calibration": 2,
+              "accuracy_variants": ["folded"], "accuracy_limit": 2},
     "cpu": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
-            "iters": 6, "warmup": 1, "calibration": 8},
+            "iters": 6, "warmup": 1, "calibration": 8, "accuracy_variants": ["folded", "int8"],
+            "accuracy_limit": None},
     "paper": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
-              "iters": 30, "warmup": 5, "calibration": 32},
+              "iters": 30, "warmup": 5, "calibration": 32, "accuracy_variants": ["folded", "int8"],
+              "accuracy_limit": None},
 }
 
 

@@ -93,7 +93,8 @@ def resolve(name: str) -> str:
 def notebook_parameters(name: str, profile: str, dataset: str, layout: Layout,
                         data_root: str | None = None, seed: int = 0,
                         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The documented parameters every notebook takes (plus its own knobs from ``extra``)."""
+    """The documented parameters every notebook takes (plus its own knobs from ``extra``); run-all's 03
+    publishes its result to :func:`published_checkpoint` and 04-06 evaluate that file once it exists."""
     params: dict[str, Any] = {
         "dataset": dataset,
         "data_root": data_root or str(REPO_ROOT / "data" / dataset),
@@ -102,8 +103,28 @@ def notebook_parameters(name: str, profile: str, dataset: str, layout: Layout,
         "reports_dir": str(layout.reports),
         "seed": seed,
     }
+    published = published_checkpoint(layout, dataset, profile)
+    stem = resolve(name)
+    if stem == resolve("03"):
+        params["publish_checkpoint"] = _repo_relative(published)
+    elif stem in (resolve("04"), resolve("05"), resolve("06")) and published.is_file():
+        params["checkpoint"] = _repo_relative(published)
     params.update(extra or {})
     return params
+
+
+def published_checkpoint(layout: Layout, dataset: str, profile: str) -> Path:
+    """Where run-all's notebook 03 publishes its result (weights only, a few MB) and what 04-06 then
+    evaluate: ``<reports>/checkpoints/dabnet_<dataset>_<profile>.pt``."""
+    return layout.reports / "checkpoints" / f"dabnet_{dataset}_{profile}.pt"
+
+
+def _repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (reports print a command that works from a clone)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _kernel_name() -> str:

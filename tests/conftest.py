@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -39,3 +41,12 @@ def cityscapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from cityscapes_fixture import make_cityscapes
 
     return make_cityscapes(tmp_path_factory.mktemp("cityscapes"))
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """Small tensors: one thread (two threads collapse when another process holds a core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

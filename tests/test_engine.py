@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import torch
 
 from dabnet_lib.checkpoints import capture_rng, load_for_resume, restore_rng, save_checkpoint
 from dabnet_lib.datasets import CAMVID, build_dataset
-from dabnet_lib.engine import fit, train_step
+from dabnet_lib.engine import fit
+from dabnet_lib.step import train_step
 from dabnet_lib.errors import CheckpointError
 from dabnet_lib.losses import build_loss
 from dabnet_lib.model import DABNet, build_from_checkpoint, read_checkpoint
@@ -30,15 +30,6 @@ def _stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("DABNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "stats_cache"))
 
 
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    """Small tensors: one thread (two threads collapse when another process holds a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("one_thread")
 def test_training_steps_lower_the_loss_on_real_camvid(camvid_root: Path) -> None:
     ds = build_dataset("camvid", camvid_root, "train")
@@ -52,7 +43,7 @@ def test_training_steps_lower_the_loss_on_real_camvid(camvid_root: Path) -> None
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     criterion = build_loss("ce", CAMVID.ignore_index)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    losses = [float(train_step(model, images, labels, criterion, opt, scaler)) for _ in range(20)]
+    losses = [float(train_step(model, images, labels, criterion, opt, scaler)[0]) for _ in range(20)]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
 

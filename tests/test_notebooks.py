@@ -72,7 +72,7 @@ def test_smoke_workbook_writes_every_report(smoke_run: dict[str, Path]) -> None:
     reports = smoke_run["base"] / "reports"
     for name in NOTEBOOKS:
         _outputs(smoke_run[name])  # no error outputs
-    for table in ("data_classes", "ablations", "evaluation", "fps"):
+    for table in ("data_classes", "ablations", "evaluation", "fps", "variant_accuracy"):
         assert (reports / f"{table}.csv").is_file() and (reports / f"{table}.md").is_file(), table
         md = (reports / f"{table}.md").read_text()
         for key in ("profile", "budget", "hardware", "date", "commit"):

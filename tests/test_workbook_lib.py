@@ -17,7 +17,7 @@ from dabnet_lib.errors import DabnetError
 from dabnet_lib.model import DABNet, count_parameters
 from dabnet_lib.qualitative import pick_examples
 from dabnet_lib.reports import provenance, write_table
-from dabnet_lib.workbook import resolve, training_budget, training_result
+from dabnet_lib.workbook import REPO_ROOT, Layout, notebook_parameters, resolve, training_budget, training_result
 
 
 def test_split_summary_on_real_camvid(camvid_root: Path) -> None:
@@ -105,3 +105,18 @@ def test_notebook_names_resolve() -> None:
     assert resolve("3") == resolve("03") == resolve("03_training.ipynb") == "03_training"
     with pytest.raises(SystemExit, match="unknown notebook"):
         resolve("09")
+
+
+def test_run_all_publishes_03_and_evaluates_the_published_file(tmp_path: Path) -> None:
+    layout = Layout(REPO_ROOT / "reports", tmp_path / "runs")
+    p03 = notebook_parameters("03", "cpu", "camvid", layout)
+    assert p03["publish_checkpoint"] == "reports/checkpoints/dabnet_camvid_cpu.pt"
+    outside = Layout(tmp_path / "reports", tmp_path / "runs")
+    assert "checkpoint" not in notebook_parameters("04", "smoke", "camvid", outside)  # 03 not run yet
+    published = tmp_path / "reports" / "checkpoints" / "dabnet_camvid_smoke.pt"
+    published.parent.mkdir(parents=True)
+    published.write_bytes(b"weights")
+    for name in ("04", "05_qualitative_results", "06"):
+        assert notebook_parameters(name, "smoke", "camvid", outside)["checkpoint"] == str(published)
+    assert notebook_parameters("04", "smoke", "camvid", outside, extra={"checkpoint": "mine.pt"})["checkpoint"] == "mine.pt"
+    assert "checkpoint" not in notebook_parameters("02", "smoke", "camvid", outside)

@@ -1,0 +1,33 @@
+"""mIoU of inference variants against eager on real CamVid val images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dabnet_lib.evaluation import evaluate_checkpoint
+from dabnet_lib.model import DABNet
+from dabnet_lib.variant_accuracy import variant_miou
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_exact_variant_has_no_drop_and_a_bad_variant_gets_an_error_row(camvid_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = DABNet(11)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding has something to fold
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "w.pt"
+    torch.save({"model": model.state_dict(), "num_classes": 11, "model_config": model.config.to_dict(),
+                "dataset": "camvid", "mean": [99.63, 103.33, 105.66], "std": None}, path)
+    rows = variant_miou(path, camvid_root, ("folded", "warp9"), split="val", calibration_count=1, limit=2)
+    eager, folded, bad = rows
+    reference = evaluate_checkpoint(path, camvid_root, "val", progress=False, limit=2)
+    assert eager["variant"] == "eager" and eager["miou"] == round(100 * reference["miou"], 2) and eager["images"] == 2
+    assert folded["variant"] == "folded" and folded["images"] == 2 and folded["error"] is None
+    assert abs(folded["drop"]) < 0.05 and folded["parity"].startswith("ok")
+    assert bad["variant"] == "warp9" and bad["miou"] is None and "unknown variant" in bad["error"]
