@@ -1,7 +1,7 @@
 """The paper's DAB ablations as configs (notebook 02): every variant trained under one budget.
 
 A variant is a :class:`DABNetConfig`, never a fork of the model code. :func:`run_ablations` trains each
-variant with the same recipe, seed and budget (``train`` split, scored on held-out ``val``), then adds
+variant with the same recipe, seed and iteration budget (``train`` split, scored on held-out ``val``), then adds
 params, GFLOPs at 360x480 and 512x1024 and eager CPU latency at 360x480. A second seed of the
 default measures run-to-run noise, so a difference smaller than that is reported as not resolved.
 """
@@ -41,20 +41,27 @@ VARIANTS: dict[str, tuple[DABNetConfig, str]] = {
 PAPER_MIOU: dict[str, float] = {}
 PAPER_NOTE = PAPER_ABLATION_NOTE
 
-#: Per-variant training minutes of the ablation budget, per profile (None = the recipe's epochs).
-ABLATION_MINUTES: dict[str, float | None] = {"smoke": None, "cpu": 1.25, "paper": None}
+#: Per-variant training iterations of the ablation budget, per profile (None = the recipe's epochs).
+#: Iterations, not minutes: every variant sees the same images whatever its speed (as the paper's
+#: equal-epoch ablations), and the measured minutes stand in the table.
+ABLATION_ITERS: dict[str, int | None] = {"smoke": None, "cpu": 300, "paper": None}
 
 
-def ablation_recipe(dataset: str, profile: str, minutes: float | None = None, **overrides: Any) -> Recipe:
+def ablation_recipe(dataset: str, profile: str, iters: int | None = None, **overrides: Any) -> Recipe:
     """The profile's recipe, trained on ``train`` and scored on held-out ``val`` (never trainval: the
-    comparison must not score images it trained on), with the per-variant budget of ``minutes``."""
+    comparison must not score images it trained on), for ``iters`` iterations per variant (default
+    :data:`ABLATION_ITERS`). With an iteration budget there is no wall-clock limit, no final
+    full-resolution stage (it would cost 4x per step) and a fixed thread count (all cores), so that
+    machine load changes the minutes, never what is trained."""
     base = get_recipe(dataset, profile)
-    budget = ABLATION_MINUTES.get(profile) if minutes is None else minutes
-    # No torch.compile: its ~1 minute cold compile per variant would eat a short budget unevenly.
+    budget = ABLATION_ITERS.get(profile) if iters is None else iters
+    # No torch.compile: its ~1 minute cold compile per variant would dominate a short budget.
     changes: dict[str, Any] = {"train_split": "train", "val_split": "val", "val_every": 0, "save_every": 0,
                                "compile": False}
     if budget is not None:
-        changes["minutes"] = float(budget)
+        changes.update(max_iters=int(budget), minutes=None, final_fraction=0.0)
+    if base.threads == "auto":
+        changes["threads"] = None
     changes.update(overrides)
     return base.replace(**changes)
 

@@ -5,7 +5,7 @@
     tensors and model, ``num_workers=4`` (its default), and a learning-rate scheduler object built
     anew every iteration to set the warm-up/poly lr by hand.
 (b) this engine: the split decoded once into RAM, :class:`TrainTransform` with per-sample seeds,
-    channels_last model and inputs (NCHW where :func:`step.training_memory_format` refuses channels_last
+    channels_last model and inputs (NCHW where :func:`step.training_layout` refuses channels_last
     under bf16), :func:`step.train_step` and a persistent
     :class:`WarmupPolyLR` (in-process augmentation by default); ``dabnet bench-train`` sets its amp and
     compile as the camvid ``cpu`` profile does (bf16 autocast, torch.compile), overridable.
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
 from .datasets import CAMVID, build_dataset, subset
-from .step import autocast_dtype, train_step, training_memory_format
+from .step import autocast_dtype, train_step, training_layout
 from .losses import build_loss
 from .model import DABNet
 from .schedule import WarmupPolyLR, lr_factor
@@ -158,10 +158,11 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
     out["decode_once_s"] = time.perf_counter() - t
     torch.manual_seed(seed)
     amp_dtype = autocast_dtype(amp, torch.device("cpu"))
-    layout, _note = training_memory_format(True, amp_dtype, torch.device("cpu"))
+    plan = training_layout(True, amp_dtype, torch.device("cpu"))
+    layout = plan.memory_format
     model_b = DABNet(info.num_classes).to(memory_format=layout).train()
     opt_b = torch.optim.Adam(model_b.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
-    step_model = torch.compile(model_b, dynamic=False) if compile else model_b
+    step_model = torch.compile(model_b, dynamic=False, options=plan.compile_options) if compile else model_b
     sched = WarmupPolyLR(opt_b, total, 500, 1 / 3, 0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     transform = TrainTransform(input_size, PAPER_SCALES, mean=info.official_mean, ignore_index=info.ignore_index)

@@ -58,7 +58,7 @@ from .losses import build_loss
 from .model import DABNet, DABNetConfig, load_weights
 from .recipes import Recipe
 from .schedule import WarmupPolyLR
-from .step import autocast_dtype, train_step, training_memory_format
+from .step import autocast_dtype, train_step, training_layout
 from .transforms import TrainTransform
 
 DEFAULT_DATA_DIR = Path("data")
@@ -111,10 +111,11 @@ class _Trainer:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.amp = autocast_dtype(r.amp, device)
-        self.mf, layout_note = training_memory_format(r.channels_last, self.amp, device)
+        self.layout = training_layout(r.channels_last, self.amp, device)
+        self.mf = self.layout.memory_format
         show = not quiet and self.main
-        if layout_note:
-            self.log(layout_note, always=True)
+        if self.layout.note:
+            self.log(self.layout.note, always=True)
 
         # data: decode once, then augment from RAM
         full_train = build_dataset(r.dataset, data_root, r.train_split)
@@ -159,7 +160,8 @@ class _Trainer:
             self.eager = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
         # one static graph per crop size; compiled lazily at the first step (a failure falls back to eager)
-        self.model = torch.compile(self.eager, dynamic=False) if r.compile else self.eager
+        self.model = torch.compile(self.eager, dynamic=False, options=self.layout.compile_options) \
+            if r.compile else self.eager
         self.opt = build_optimizer(r, self.net.parameters())
         self.sched = WarmupPolyLR(self.opt, self.total, r.warmup_iters, r.warmup_ratio, r.poly_power, self.budget_s)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)

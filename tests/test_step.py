@@ -15,7 +15,7 @@ import dabnet_lib.engine as engine
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model import DABNet
 from dabnet_lib.recipes import get_recipe
-from dabnet_lib.step import GRAD_PROBE_TOLERANCE, train_step, training_memory_format
+from dabnet_lib.step import GRAD_PROBE_TOLERANCE, train_step, training_layout
 
 
 def _setup() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
@@ -55,36 +55,52 @@ def test_non_finite_step_leaves_weights_and_adam_state_untouched(poison: str) ->
     assert applied and not all(torch.equal(a, b) for a, b in zip(before, _state(model, opt)))
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_chosen_bf16_layout_gives_correct_dilated_depthwise_gradients() -> None:
-    """Whatever layout the probe picks for bf16 training, DABNet's dilated depthwise convolution
-    gets weight gradients equal to fp32 up to bf16 rounding (the defect it guards against gives
-    errors of 1e3..1e35)."""
-    layout, note = training_memory_format(True, torch.bfloat16, torch.device("cpu"))
-    assert (note is None) == (layout == torch.channels_last)
-    conv = DABNet(3).DAB_Block_2.DAB_Module_2_1.ddconv3x1.conv  # 3x1, dilation 4, depthwise
+def _dilated_conv_grad_errors(layout, compiled: bool, repeats: int) -> list[float]:
+    """Relative weight-gradient errors (vs fp32) of DABNet's dilated depthwise 3x1 conv trained
+    under bf16 autocast in ``layout`` (a TrainingLayout), eager or compiled with its options."""
+    conv = DABNet(3).DAB_Block_2.DAB_Module_2_1.ddconv3x1.conv  # 3x1, dilation 4, depthwise, 64 channels
     gen = torch.Generator().manual_seed(1)
     x, grad_out = torch.randn(8, 64, 45, 60, generator=gen), torch.randn(8, 64, 45, 60, generator=gen)
     ref_conv = copy.deepcopy(conv)
     (ref_conv(x) * grad_out).sum().backward()
-    for _ in range(5):
-        test_conv = copy.deepcopy(conv).to(memory_format=layout)
+    test_conv = copy.deepcopy(conv).to(memory_format=layout.memory_format)
+    run = torch.compile(test_conv, dynamic=False, options=layout.compile_options) if compiled else test_conv
+    errors = []
+    for _ in range(repeats):
+        test_conv.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = test_conv(x.contiguous(memory_format=layout))
+            y = run(x.contiguous(memory_format=layout.memory_format))
         (y.float() * grad_out).sum().backward()
-        err = float((test_conv.weight.grad - ref_conv.weight.grad).abs().max() / ref_conv.weight.grad.abs().max())
-        assert err <= GRAD_PROBE_TOLERANCE, (layout, err)
+        errors.append(float((test_conv.weight.grad - ref_conv.weight.grad).abs().max()
+                            / ref_conv.weight.grad.abs().max()))
+    return errors
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_chosen_bf16_layout_gives_correct_dilated_depthwise_gradients(compiled: bool) -> None:
+    """Whatever layout the probe picks for bf16 training, DABNet's dilated depthwise convolution
+    gets weight gradients equal to fp32 up to bf16 rounding, eager and inside torch.compile (the
+    defect it guards against gives errors of 1e0..1e35, and inductor converts to channels_last on
+    its own unless told not to)."""
+    layout = training_layout(True, torch.bfloat16, torch.device("cpu"))
+    assert (layout.note is None) == (layout.memory_format == torch.channels_last)
+    errors = _dilated_conv_grad_errors(layout, compiled, repeats=3 if compiled else 5)
+    assert all(e <= GRAD_PROBE_TOLERANCE for e in errors), (layout, errors)
 
 
 def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert training_memory_format(True, None, torch.device("cpu")) == (torch.channels_last, None)
-    assert training_memory_format(False, torch.bfloat16, torch.device("cpu")) == (torch.contiguous_format, None)
+    cpu = torch.device("cpu")
+    assert training_layout(True, None, cpu).memory_format == torch.channels_last
+    assert training_layout(True, None, cpu).compile_options is None
+    assert training_layout(False, torch.bfloat16, cpu).memory_format == torch.contiguous_format
     import dabnet_lib.step as step
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": float("inf"))
-    layout, note = training_memory_format(True, torch.bfloat16, torch.device("cpu"))
-    assert layout == torch.contiguous_format and "channels_last off" in note and "inf" in note
+    refused = training_layout(True, torch.bfloat16, cpu)
+    assert refused.memory_format == torch.contiguous_format and "channels_last off" in refused.note
+    assert refused.compile_options == {"layout_optimization": False} and "inf" in refused.note
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 0.004)
-    assert training_memory_format(True, torch.bfloat16, torch.device("cpu")) == (torch.channels_last, None)
+    assert training_layout(True, torch.bfloat16, cpu).memory_format == torch.channels_last
 
 
 def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(

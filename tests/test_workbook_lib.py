@@ -53,8 +53,10 @@ def test_variants_are_distinct_configs_and_default_is_paper() -> None:
 def test_ablation_recipe_scores_held_out_val() -> None:
     recipe = ablation_recipe("camvid", "cpu")
     assert (recipe.train_split, recipe.val_split) == ("train", "val")
-    assert recipe.minutes == 1.25 and recipe.compile is False
-    assert ablation_recipe("camvid", "cpu", minutes=1).minutes == 1.0
+    assert recipe.max_iters == 300 and recipe.minutes is None and recipe.final_fraction == 0.0
+    assert recipe.compile is False and recipe.threads is None  # fixed threads: load changes minutes, not work
+    assert ablation_recipe("camvid", "cpu", iters=40).max_iters == 40
+    assert ablation_recipe("camvid", "smoke").threads == 1 and ablation_recipe("camvid", "smoke").max_iters is None
 
 
 def test_noise_verdict() -> None:
