@@ -49,7 +49,7 @@ FPS_GRID: dict[str, dict[str, Any]] = {
     "smoke": {"variants": ["eager", "channels_last", "folded", "onnxruntime"], "sizes": [(64, 96)],
               "batches": [1], "iters": 3, "warmup": 1, "calibration": 2,
               "accuracy_variants": ["folded"], "accuracy_limit": 2},
-    "cpu": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
+    "cpu": {"variants": "all", "sizes": [(360, 480), (512, 1024)], "batches": [1, 4],
             "iters": 6, "warmup": 1, "calibration": 8, "accuracy_variants": ["folded", "int8"],
             "accuracy_limit": None},
     "paper": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
