@@ -348,16 +348,38 @@ def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                    help="CamVid folder for int8 calibration (train) and checks (val) (default data/camvid)")
     p.add_argument("--calibration-images", type=int, default=8, metavar="N", help="int8 calibration images (default 8)")
     _add_profiling_common(p)
+    p.add_argument("--val-miou", action="store_true",
+                   help="also score eager, folded and int8 on every val image of --data-root with --checkpoint "
+                        "(trained weights) and print int8's mIoU drop against the 1.0-point target")
     p.add_argument("--json", action="store_true", help="print one JSON list of rows (progress goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def _print_val_miou(args: argparse.Namespace) -> None:
+    """``dabnet fps --val-miou``: eager vs folded vs int8 val mIoU (to stderr when --json)."""
+    from .variant_accuracy import INT8_MAX_MIOU_DROP, variant_miou
+
+    out = sys.stderr if args.json else sys.stdout
+    rows = variant_miou(args.checkpoint, args.data_root, ("folded", "int8"), split="val",
+                        calibration_count=args.calibration_images)
+    for r in rows:
+        text = r["error"] or f"{r['miou']:.2f}% mIoU on {r['images']} {r['split']} images, drop {r['drop']:+.2f} points"
+        print(f"{r['variant']}: {text}", file=out)
+    int8 = rows[-1]
+    if int8["drop"] is not None:
+        verdict = "met" if int8["drop"] <= INT8_MAX_MIOU_DROP else "NOT met"
+        print(f"target int8 mIoU drop <= {INT8_MAX_MIOU_DROP:.1f} point: {int8['drop']:.2f}, {verdict}", file=out)
 
 
 def _run_fps(args: argparse.Namespace) -> int:
     import json
 
     from .datasets import get_info
-    from .profiling import benchmark, calibration_images, describe, format_table, parse_variants
+    from .profiling import benchmark, calibration_images, describe, format_table, parse_variants, target_verdicts
 
+    if args.val_miou and not args.checkpoint:
+        raise DabnetError("dabnet fps --val-miou needs trained weights: add --checkpoint PATH "
+                          "(e.g. reports/checkpoints/dabnet_camvid_cpu.pt)")
     model, ckpt, weights = _profiling_model(args)
     log = None if args.quiet else (lambda msg: print(f"dabnet fps: {msg}", file=sys.stderr, flush=True))
     calibration = check = None
@@ -381,6 +403,9 @@ def _run_fps(args: argparse.Namespace) -> int:
     else:
         print("\n".join(info["lines"]))
         print(format_table(rows))
+        print("\n".join(target_verdicts(rows)))
+    if args.val_miou:
+        _print_val_miou(args)
     failed = [r["variant"] for r in rows if r["variant"] != "int8" and r["parity_ok"] is False]
     if failed:
         print(f"dabnet fps: parity check FAILED for {', '.join(failed)}", file=sys.stderr)

@@ -337,6 +337,31 @@ def describe(model: nn.Module, input_size: tuple[int, int], rows: Sequence[dict[
     return {"params": params, "gflops": cost["gflops"], "gmacs": cost["gmacs"], "lines": lines}
 
 
+#: The speed targets on a CPU (ratio to eager, same run): the best fp32 variant, and int8.
+FP32_SPEEDUP_TARGET = 2.0
+INT8_SPEEDUP_TARGET = 3.0
+FP32_VARIANTS = ("channels_last", "folded", "compiled", "onnxruntime")
+
+
+def target_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per speed target (best fp32 variant >= 2.0x eager, int8 >= 3.0x eager): met, or by
+    how much it is short, from the same-run speed-ups in ``rows``; a target whose variants did not run
+    says so."""
+    ok = {r["variant"]: r for r in rows if r.get("status") == "ok" and r.get("speedup") is not None}
+    lines = []
+    fp32 = [ok[v] for v in FP32_VARIANTS if v in ok]
+    checks = [("best fp32 variant", max(fp32, key=lambda r: r["speedup"]) if fp32 else None, FP32_SPEEDUP_TARGET),
+              ("int8", ok.get("int8"), INT8_SPEEDUP_TARGET)]
+    for label, row, target in checks:
+        if row is None:
+            lines.append(f"target {label} >= {target:.1f}x eager: not measured (variant not run)")
+            continue
+        got = row["speedup"]
+        verdict = "met" if got >= target else f"NOT met, {100 * (1 - got / target):.1f}% short"
+        lines.append(f"target {label} >= {target:.1f}x eager: {row['variant']} {got:.2f}x, {verdict}")
+    return lines
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The benchmark rows as a plain-text table (variant, ms, p90, FPS, speed-up, parity, build s)."""
     from tabulate import tabulate

@@ -33,7 +33,7 @@ from dabnet_lib.inference_variants import (
     relative_difference,
 )
 from dabnet_lib.model import Conv, DABNet, DABNetConfig
-from dabnet_lib.profiling import calibration_images, count_params, flops, measure
+from dabnet_lib.profiling import calibration_images, count_params, flops, measure, target_verdicts
 from dabnet_lib.transforms import normalize
 
 SIZE = (64, 96)
@@ -266,6 +266,24 @@ def test_fps_table_names_the_context() -> None:
     assert "parameters" in lines[0] and "GFLOPs" in lines[0] and "GMACs" in lines[0]
     assert "threads" in lines[1] and "load average" in lines[1]
     assert any(l.startswith("eager ") for l in lines) and any(l.startswith("folded ") for l in lines)
+    assert lines[-2].startswith("target best fp32 variant >= 2.0x eager: folded ")
+    assert lines[-1] == "target int8 >= 3.0x eager: not measured (variant not run)"
+
+
+def test_target_verdicts_say_met_or_by_how_much_short() -> None:
+    rows = [{"variant": "eager", "status": "ok", "speedup": 1.0},
+            {"variant": "folded", "status": "ok", "speedup": 1.1},
+            {"variant": "compiled", "status": "ok", "speedup": 2.2},
+            {"variant": "onnxruntime", "status": "error", "speedup": None},
+            {"variant": "int8", "status": "ok", "speedup": 2.85}]
+    assert target_verdicts(rows) == ["target best fp32 variant >= 2.0x eager: compiled 2.20x, met",
+                                     "target int8 >= 3.0x eager: int8 2.85x, NOT met, 5.0% short"]
+
+
+def test_fps_val_miou_without_weights_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:
+    code = cli.main(["fps", "48,64", "--variants", "eager", "--val-miou"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--val-miou needs trained weights: add --checkpoint" in err and "Traceback" not in err
 
 
 def test_export_round_trip_through_onnxruntime(tmp_path: Path, model: DABNet) -> None:
