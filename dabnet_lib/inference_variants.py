@@ -311,7 +311,7 @@ def optimize(
     build_s = time.perf_counter() - start
     eager = _no_grad_fn(model)  # variants run outside inference_mode (compiled graphs are guarded on it)
     if variant == "int8":
-        inputs = [x for b in (check_inputs or calibration or [example_input]) for x in _split_to(b, example_input.shape)]
+        inputs = _batches_like(list(check_inputs or calibration or [example_input]), example_input.shape)
         agree = [label_agreement(eager(x), fn(x)) for x in inputs]
         value = sum(agree) / len(agree)
         ok = value >= INT8_MIN_AGREEMENT
@@ -322,7 +322,11 @@ def optimize(
     return Optimized(variant, fn, build_s, parity, notes)
 
 
-def _split_to(batch: torch.Tensor, shape: torch.Size) -> list[torch.Tensor]:
-    """Cut a batch into tensors of ``shape`` (the int8 variant's fixed input shape)."""
+def _batches_like(inputs: Sequence[torch.Tensor], shape: torch.Size) -> list[torch.Tensor]:
+    """Regroup image batches ``inputs`` (n_i, 3, H, W) into batches of ``shape`` (the int8 variant's
+    fixed input shape): all images in order, cycled when there are fewer than one batch."""
+    images = torch.cat([x for x in inputs], dim=0)
     n = shape[0]
-    return [batch[i : i + n] for i in range(0, batch.shape[0] - n + 1, n)] or [batch]
+    if images.shape[0] < n:
+        images = images.repeat(-(-n // images.shape[0]), 1, 1, 1)
+    return [images[i : i + n] for i in range(0, images.shape[0] - n + 1, n)]

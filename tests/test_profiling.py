@@ -226,6 +226,11 @@ def test_int8_variant(camvid_root: Path) -> None:
     assert own >= 60.0
     with pytest.raises(VariantError, match="built for input"):
         opt(torch.zeros(1, 3, 32, 32))
+    # batch 2: the single-image check inputs are regrouped into batches of the built shape
+    pair = optimize(net, "int8", example_input=torch.cat(calibration), calibration=calibration, check_inputs=check)
+    with torch.no_grad():
+        both = torch.cat(check)
+        assert pair.parity["value"] == pytest.approx(label_agreement(net(both), pair(both)))
 
 
 def test_unknown_variant_and_missing_calibration_raise(model: DABNet) -> None:
