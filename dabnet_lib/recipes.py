@@ -269,8 +269,8 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
       as the paper) at half resolution, the last quarter at full resolution; no validation inside the
       budget (val is part of trainval); the result is last.pt, scored on test by ``dabnet test``;
       in-process augmentation, an adaptive thread count (``threads="auto"``), bf16 autocast (the CPU
-      has AMX) and torch.compile: about 1.7x the images/s of eager fp32 here with the same loss curve
-      over 3 epochs. First values, to be tuned by measured runs.
+      has AMX; trained in NCHW, see :mod:`dabnet_lib.step`) and torch.compile. Measured here: 61.80%
+      CamVid test mIoU after 60 minutes (README, Results).
     """
     base = paper_recipe(dataset)
     if profile == "paper":
