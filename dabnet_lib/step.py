@@ -89,7 +89,7 @@ def training_layout(channels_last: bool, amp_dtype: torch.dtype | None, device: 
             return TrainingLayout(torch.contiguous_format, {"layout_optimization": False}, (
                 f"channels_last off: this PyTorch ({torch.__version__}) computes wrong bf16 channels_last gradients "
                 f"for dilated depthwise convolutions on {device.type} (probe relative error {err:.3g}); training in "
-                "NCHW, also inside torch.compile (correct; ~7% slower at 180x240 on this CPU)"))
+                "NCHW, also inside torch.compile (correct, somewhat slower)"))
     return TrainingLayout(torch.channels_last if channels_last else torch.contiguous_format)
 
 
