@@ -5,10 +5,10 @@
     tensors and model, ``num_workers=4`` (its default), and a learning-rate scheduler object built
     anew every iteration to set the warm-up/poly lr by hand.
 (b) this engine: the split decoded once into RAM, :class:`TrainTransform` with per-sample seeds,
-    channels_last model and inputs (NCHW where :func:`step.training_layout` refuses channels_last
-    under bf16), :func:`step.train_step` and a persistent
-    :class:`WarmupPolyLR` (in-process augmentation by default); ``dabnet bench-train`` sets its amp and
-    compile as the camvid ``cpu`` profile does (bf16 autocast, torch.compile), overridable.
+    :func:`step.train_step` and a persistent :class:`WarmupPolyLR` (in-process augmentation by
+    default), trained as one or more :class:`~dabnet_lib.autotune.Candidate` (fp32 or bf16, NCHW or
+    channels_last, eager or compiled). ``dabnet bench-train`` times what the ``cpu`` profile's
+    ``"auto"`` picks on this machine; ``--sweep`` times every candidate.
 
 Both train the same DABNet (same init, Adam, class-weighted CE with the same weights) on CamVid
 ``train`` crops of ``input_size`` at batch ``batch_size``, data loading included, alternating in
@@ -22,7 +22,7 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
 from .datasets import CAMVID, build_dataset, subset
+from .autotune import Candidate
+from .machine import cpu_name
 from .step import autocast_dtype, train_step, training_layout
 from .losses import build_loss
 from .model import DABNet
@@ -102,22 +104,52 @@ class _Loop:
                 "round_images_per_s": [self.images / len(self.seconds) / s for s in self.seconds]}
 
 
-def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_size: tuple[int, int] = (360, 480),
-                iters: int = 4, rounds: int = 3, warmup: int = 1, num_workers: int = 0, official_workers: int = 4,
-                seed: int = 0, max_images: int | None = None, threads: int | None = None, amp: str = "off",
-                compile: bool = False) -> dict[str, Any]:
-    """Images/s of (a) the official-style loop and (b) this engine; see the module docstring.
+def _engine_loop(c: Candidate, ds: Any, input_size: tuple[int, int], batch_size: int, num_workers: int, seed: int,
+                 criterion: torch.nn.Module, total: int) -> _Loop:
+    """This engine's loop trained as candidate ``c`` (precision, layout, compile)."""
+    cpu = torch.device("cpu")
+    info = CAMVID
+    amp_dtype = autocast_dtype(c.amp, cpu)
+    plan = training_layout(c.channels_last, amp_dtype, cpu)
+    torch.manual_seed(seed)
+    model = DABNet(info.num_classes).to(memory_format=plan.memory_format).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
+    step_model = torch.compile(model, dynamic=False, options=plan.compile_options) if c.compile else model
+    sched = WarmupPolyLR(opt, total, 500, 1 / 3, 0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    transform = TrainTransform(input_size, PAPER_SCALES, mean=info.official_mean, ignore_index=info.ignore_index)
+    sampler = D.EpochSampler(len(ds), seed, D.DistContext())
+    loader = D.make_loader(D.SeededSamples(ds, transform, seed), sampler, batch_size, num_workers, False)
+
+    def batches() -> Iterator[Any]:
+        sampler.set_epoch(sampler.epoch + 1)
+        return iter(loader)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(step_model, x.contiguous(memory_format=plan.memory_format), y, criterion, opt, scaler, amp_dtype)
+        sched.advance()
+
+    return _Loop(batches, step)
+
+
+def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidate], batch_size: int = 8,
+                input_size: tuple[int, int] = (360, 480), iters: int = 4, rounds: int = 3, warmup: int = 1,
+                num_workers: int = 0, official_workers: int = 4, seed: int = 0, max_images: int | None = None,
+                threads: int | None = None, status: Mapping[Candidate, str] | None = None) -> dict[str, Any]:
+    """Images/s of (a) the official-style loop and (b) this engine trained as each of ``candidates``
+    (see the module docstring); ``status`` notes per candidate (e.g. why the autotuner refuses it).
 
     The loops alternate in ``rounds`` rounds of ``iters`` timed iterations each (after one untimed
     iteration per round, and ``warmup`` untimed iterations before the first round, where compilation
-    happens), so that the load of other processes on a shared machine falls on both alike. A round of
+    happens), so that the load of other processes on a shared machine falls on all alike. A round of
     (a) starts its workers afresh and may use batches they decoded during its untimed iteration, which
-    hides part of (a)'s decoding cost: the ratio is conservative. ``max_images`` limits the training
-    images (tests); ``threads`` sets torch's intra-op threads for both (default: all cores); ``amp``
-    ("off" | "bf16") and ``compile`` configure (b) as the recipe fields of the same names do.
+    hides part of (a)'s decoding cost: the ratios are conservative. ``max_images`` limits the training
+    images (tests); ``threads`` sets torch's intra-op threads for all loops (default: all cores).
+    Result: ``official`` and ``engines`` (one dict per candidate, with ``label`` and ``ratio``
+    against the official loop); ``ratio`` is the first candidate's.
     """
-    if batch_size < 1 or iters < 1 or rounds < 1 or warmup < 0:
-        raise ValueError("batch_size, iters and rounds must be >= 1, warmup >= 0")
+    if batch_size < 1 or iters < 1 or rounds < 1 or warmup < 0 or not candidates:
+        raise ValueError("batch_size, iters and rounds must be >= 1, warmup >= 0, and one candidate given")
     info, total = CAMVID, 1000 * 23
     ds = subset(build_dataset("camvid", data_root, "train"), max_images)
     criterion = build_loss("ce", info.ignore_index, weight=torch.tensor(_WEIGHTS))
@@ -125,7 +157,7 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
         torch.set_num_threads(threads)
     out: dict[str, Any] = {"batch_size": batch_size, "input_size": list(input_size), "iters": iters, "rounds": rounds,
                            "warmup": warmup, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                           "torch": torch.__version__, "load_before": os.getloadavg()[0]}
+                           "cpu": cpu_name(), "torch": torch.__version__, "load_before": os.getloadavg()[0]}
 
     # (a) official style
     torch.manual_seed(seed)
@@ -152,46 +184,33 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
         loss.item()
         count["it"] += 1
 
-    # (b) this engine
+    # (b) this engine, once per candidate
     t = time.perf_counter()
     ds.cache_in_memory(progress=False)
     out["decode_once_s"] = time.perf_counter() - t
-    torch.manual_seed(seed)
-    amp_dtype = autocast_dtype(amp, torch.device("cpu"))
-    plan = training_layout(True, amp_dtype, torch.device("cpu"))
-    layout = plan.memory_format
-    model_b = DABNet(info.num_classes).to(memory_format=layout).train()
-    opt_b = torch.optim.Adam(model_b.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
-    step_model = torch.compile(model_b, dynamic=False, options=plan.compile_options) if compile else model_b
-    sched = WarmupPolyLR(opt_b, total, 500, 1 / 3, 0.9)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    transform = TrainTransform(input_size, PAPER_SCALES, mean=info.official_mean, ignore_index=info.ignore_index)
-    sampler = D.EpochSampler(len(ds), seed, D.DistContext())
-    engine_loader = D.make_loader(D.SeededSamples(ds, transform, seed), sampler, batch_size, num_workers, False)
-
-    def engine_batches() -> Iterator[Any]:
-        sampler.set_epoch(sampler.epoch + 1)
-        return iter(engine_loader)
-
-    def engine_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(step_model, x.contiguous(memory_format=layout), y, criterion, opt_b, scaler, amp_dtype)
-        sched.advance()
-
-    official, engine = _Loop(official_batches, official_step), _Loop(engine_batches, engine_step)
+    official = _Loop(official_batches, official_step)
+    engines = {c: _engine_loop(c, ds, input_size, batch_size, num_workers, seed, criterion, total) for c in candidates}
     t = time.perf_counter()
     official.run(warmup, 0)
     out["official_warmup_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    engine.run(warmup, 0)
-    out["engine_warmup_s"] = time.perf_counter() - t
+    warm: dict[Candidate, float] = {}
+    for c, loop in engines.items():
+        t = time.perf_counter()
+        loop.run(warmup, 0)
+        warm[c] = time.perf_counter() - t
     for _ in range(rounds):
         official.run(1, iters)
-        engine.run(1, iters)
+        for loop in engines.values():
+            loop.run(1, iters)
     out["official"] = {**official.result(), "num_workers": official_workers, "layout": "NCHW"}
-    out["engine"] = {**engine.result(), "num_workers": num_workers,
-                     "layout": "channels_last" if layout == torch.channels_last else "NCHW", "amp": amp,
-                     "compile": compile}
-    out["ratio"] = out["engine"]["images_per_s"] / out["official"]["images_per_s"]
+    out["engines"] = []
+    for c, loop in engines.items():
+        res = loop.result()
+        out["engines"].append({**res, "label": c.label, "amp": c.amp, "channels_last": c.channels_last,
+                               "compile": c.compile, "num_workers": num_workers, "warmup_s": warm[c],
+                               "status": (status or {}).get(c, ""),
+                               "ratio": res["images_per_s"] / out["official"]["images_per_s"]})
+    out["ratio"] = out["engines"][0]["ratio"]
     out["load_after"] = os.getloadavg()[0]
     return out
 
@@ -199,21 +218,25 @@ def bench_train(data_root: str | os.PathLike[str], batch_size: int = 8, input_si
 def format_bench(result: dict[str, Any]) -> str:
     """The printed report of :func:`bench_train`."""
     h, w = result["input_size"]
-    a, b = result["official"], result["engine"]
+    a = result["official"]
 
     def rates(loop: dict[str, Any]) -> str:
         return ", ".join(f"{r:.2f}" for r in loop["round_images_per_s"])
 
-    return "\n".join([
-        f"bench-train: CamVid train crops {h}x{w}, batch {result['batch_size']}; the loops alternate, "
-        f"{result['rounds']} rounds of {result['iters']} timed iterations each; torch {result['torch']}, {result['threads']} threads, "
-        f"{result['cpu_count']} CPUs; 1-min load average {result['load_before']:.1f} before, "
-        f"{result['load_after']:.1f} after (other processes slow both loops)",
-        f"(a) official-style loop (cv2 decode per sample, NCHW, {a['num_workers']} workers, scheduler rebuilt "
-        f"every step): {a['images_per_s']:.2f} images/s (rounds: {rates(a)})",
-        f"(b) this engine (decoded once in {result['decode_once_s']:.1f} s, {b['layout']}, {b['num_workers']} "
-        f"workers, amp {b['amp']}, compile {'on' if b['compile'] else 'off'}; warm-up "
-        f"{result['engine_warmup_s']:.0f} s untimed): {b['images_per_s']:.2f} images/s (rounds: {rates(b)})",
-        f"ratio (b)/(a): {result['ratio']:.2f}x",
-        "evaluation: `dabnet test` prints the share of time spent in metric updates.",
-    ])
+    lines = [
+        f"bench-train on {result['cpu']} ({result['cpu_count']} CPUs, {result['threads']} threads), torch "
+        f"{result['torch']}: CamVid train crops {h}x{w}, batch {result['batch_size']}; the loops alternate, "
+        f"{result['rounds']} rounds of {result['iters']} timed iterations each; 1-min load average "
+        f"{result['load_before']:.1f} before, {result['load_after']:.1f} after (other processes slow all loops)",
+        f"(a) official-style loop (cv2 decode per sample, NCHW, fp32 eager, {a['num_workers']} workers, scheduler "
+        f"rebuilt every step): {a['images_per_s']:.2f} images/s (rounds: {rates(a)})",
+        f"(b) this engine (decoded once in {result['decode_once_s']:.1f} s, {result['engines'][0]['num_workers']} "
+        "workers), per way to train:",
+    ]
+    for e in result["engines"]:
+        note = f"  [{e['status']}]" if e["status"] else ""
+        lines.append(f"    {e['label']:<26} {e['images_per_s']:7.2f} images/s  {e['ratio']:5.2f}x the official loop"
+                     f"  (warm-up {e['warmup_s']:.0f} s; rounds: {rates(e)}){note}")
+    lines.append(f"ratio (b)/(a) of {result['engines'][0]['label']}: {result['ratio']:.2f}x")
+    lines.append("evaluation: `dabnet test` prints the share of time spent in metric updates.")
+    return "\n".join(lines)

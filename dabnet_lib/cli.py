@@ -130,39 +130,66 @@ def _run_stats(args: argparse.Namespace) -> int:
 def _add_bench_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser("bench-train", help="training images/s: official-style loop vs this engine",
                        description="Measure training throughput on CPU for (a) a plain loop as the official train.py "
-                                   "does it (per-sample cv2 decode, NCHW, lr recomputed by hand every step, 4 "
-                                   "workers) and (b) this engine (decoded-once images, channels_last, in-process or "
-                                   "persistent workers), alternating in rounds in the same run so that other "
-                                   "processes' load falls on both, and print both and the ratio.")
+                                   "does it (per-sample cv2 decode, NCHW, fp32, lr recomputed by hand every step, 4 "
+                                   "workers) and (b) this engine as the cpu profile's autotuner chooses to train on "
+                                   "this machine (or as --amp/--channels-last/--compile say; --sweep: every way), "
+                                   "alternating in rounds in the same run so that other processes' load falls on "
+                                   "all, and print each and its ratio to (a).")
     p.add_argument("--data-root", default=None, metavar="DIR", help="CamVid folder (default data/camvid)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--input-size", type=_size_arg, default=(360, 480), metavar="H,W", help="crop (default 360,480)")
+    p.add_argument("--input-size", type=_size_arg, default=(180, 240), metavar="H,W",
+                   help="crop (default 180,240: the cpu profile's first stage)")
     p.add_argument("--iters", type=int, default=4, help="timed iterations per loop and round (default 4)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of both loops (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of all loops (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations before the first round (default 1)")
     p.add_argument("--num-workers", type=int, default=0, help="engine DataLoader workers (default 0)")
     p.add_argument("--official-workers", type=int, default=4, help="official loop's workers (its default: 4)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both loops (default: all cores)")
-    p.add_argument("--amp", choices=("off", "bf16"), default=None,
-                   help="engine autocast on CPU (default: the camvid cpu profile's)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the engine's model (default: the camvid cpu profile's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for all loops (default: all cores)")
+    p.add_argument("--amp", choices=("auto", "off", "bf16"), default="auto",
+                   help="engine autocast on CPU (default auto: measured, as the cpu profile)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="engine memory layout (default auto: measured)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the engine's model (default auto: measured)")
+    p.add_argument("--sweep", action="store_true",
+                   help="time every way to train (fp32/bf16 x NCHW/channels_last x eager/compiled, ~10 min)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _run_bench_train(args: argparse.Namespace) -> int:
     import json
 
-    from .bench import bench_train, format_bench
-    from .engine import default_data_root
-    from .recipes import get_recipe
+    import torch
 
-    cpu = get_recipe("camvid", "cpu")
-    amp = args.amp or ("bf16" if cpu.amp == "bf16" else "off")
-    result = bench_train(args.data_root or default_data_root("camvid"), batch_size=args.batch_size,
+    from .autotune import Candidate, candidate_space, choose
+    from .bench import bench_train, format_bench
+    from .datasets import CAMVID
+    from .engine import default_data_root
+    from .machine import has_bf16_units
+    from .model import DABNetConfig
+    from .step import bf16_channels_last_grad_error
+
+    onoff = {"auto": "auto", "on": True, "off": False}
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    status: dict[Candidate, str] = {}
+    if args.sweep:
+        cands = [Candidate(a, cl, comp) for a in ("off", "bf16") for cl in (False, True) for comp in (False, True)]
+        _, refused = candidate_space("auto", "auto", "auto", has_bf16_units(), lambda: bf16_channels_last_grad_error())
+        for row in refused:
+            status[Candidate(row["amp"], row["channels_last"], row["compile"])] = "autotune refuses: " + row["reason"]
+    else:
+        choice = choose(args.amp, onoff[args.channels_last], onoff[args.compile], torch.device("cpu"),
+                        CAMVID.num_classes, DABNetConfig(), args.input_size, args.batch_size, torch.get_num_threads(),
+                        log=lambda m: print(m, flush=True))
+        if not args.json:
+            print("\n".join(choice.describe()), flush=True)
+        cands = [choice.candidate]
+        status[choice.candidate] = f"the choice ({choice.source})"
+    result = bench_train(args.data_root or default_data_root("camvid"), cands, batch_size=args.batch_size,
                          input_size=args.input_size, iters=args.iters, rounds=args.rounds, warmup=args.warmup,
                          num_workers=args.num_workers, official_workers=args.official_workers,
-                         threads=args.threads, amp=amp, compile=cpu.compile if args.compile is None else args.compile)
+                         threads=args.threads, status=status)
     print(json.dumps(result) if args.json else format_bench(result))
     return 0
 

@@ -95,6 +95,15 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` itself without DDP); picklable objects only."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
     """Copy rank 0's buffers (BatchNorm running statistics) to every rank: DDP syncs them only at the
     start of each forward, so after the last step each rank holds the statistics of its own batch."""

@@ -49,12 +49,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from .autotune import TrainingChoice, choose
 from .checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_for_resume, restore_rng, save_checkpoint,
                           write_bytes_atomic, write_metrics)
 from .datasets import SegmentationDataset, build_dataset, get_info, statistics, subset
 from .errors import CheckpointError, DabnetError
+from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
 from .inference import resolve_device
 from .losses import build_loss
+from .machine import device_label
 from .model import DABNet, DABNetConfig, load_weights
 from .recipes import Recipe
 from .schedule import WarmupPolyLR
@@ -95,9 +98,11 @@ class _Trainer:
 
     def __init__(self, recipe: Recipe, data_root: Path, out_dir: Path, device: torch.device, ctx: D.DistContext,
                  quiet: bool, on_iteration: Callable[[int], None] | None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], None] | None,
+                 resume: bool | str | os.PathLike[str] = False) -> None:
         r = self.r = recipe
         self.out, self.dev, self.ctx, self.quiet = out_dir, device, ctx, quiet
+        self.hardware = device_label(device)
         self.main, self.on_iteration, self.on_epoch = ctx.is_main, on_iteration, on_epoch
         self.info = get_info(r.dataset)
         random.seed(r.seed)
@@ -110,12 +115,8 @@ class _Trainer:
         torch.set_num_threads(self.threads)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.amp = autocast_dtype(r.amp, device)
-        self.layout = training_layout(r.channels_last, self.amp, device)
-        self.mf = self.layout.memory_format
         show = not quiet and self.main
-        if self.layout.note:
-            self.log(self.layout.note, always=True)
+        self.resume_ckpt = self._load_resume(resume)
 
         # data: decode once, then augment from RAM
         full_train = build_dataset(r.dataset, data_root, r.train_split)
@@ -146,9 +147,17 @@ class _Trainer:
         self.std = None if std is None else tuple(float(v) for v in std)
         self.class_weights = None if cw is None else torch.tensor([float(v) for v in cw])
 
+        # how to train here (precision, layout, compile): the checkpoint's when resuming, else measured
+        self.cfg = DABNetConfig.from_dict(r.model_config)
+        self.choice = self._choose()
+        self.amp = autocast_dtype(self.choice.amp, device)
+        self.layout = training_layout(self.choice.channels_last, self.amp, device)
+        self.mf = self.layout.memory_format
+        if self.layout.note:
+            self.log(self.layout.note, always=True)
+
         # model, optimiser, schedule
         torch.manual_seed(r.seed)
-        self.cfg = DABNetConfig.from_dict(r.model_config)
         net: nn.Module = DABNet(self.info.num_classes, self.cfg)
         if r.sync_bn and ctx.enabled:
             if device.type != "cuda":
@@ -161,7 +170,7 @@ class _Trainer:
                 self.net, device_ids=[device.index] if device.type == "cuda" else None)
         # one static graph per crop size; compiled lazily at the first step (a failure falls back to eager)
         self.model = torch.compile(self.eager, dynamic=False, options=self.layout.compile_options) \
-            if r.compile else self.eager
+            if self.choice.compile else self.eager
         self.opt = build_optimizer(r, self.net.parameters())
         self.sched = WarmupPolyLR(self.opt, self.total, r.warmup_iters, r.warmup_ratio, r.poly_power, self.budget_s)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -178,6 +187,39 @@ class _Trainer:
         self.acc = self._zero_acc()
         self._signal = 0
         self.skipped_in_a_row = 0
+        self.stage_iter0 = 0  # self.iteration when this process entered the current stage
+        self.eta_t0 = 0.0
+
+    def _load_resume(self, resume: bool | str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The checkpoint to resume from (None for a new run, or ``"auto"`` without ``last.pt``)."""
+        if not resume:
+            return None
+        path = self.out / "last.pt" if resume in (True, "auto") else Path(resume)  # type: ignore[arg-type]
+        if resume == "auto" and not path.is_file():
+            return None
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path}: no such file to resume from (train without --resume first)")
+        ck = load_for_resume(path)
+        check_resumable(ck, self.r.to_dict(), path)
+        ck["_path"] = str(path)
+        return ck
+
+    def _choose(self) -> TrainingChoice:
+        """Precision, layout and compile for this run (see :mod:`dabnet_lib.autotune`); a resumed run
+        keeps the choice its checkpoint recorded; under DDP rank 0 decides for all."""
+        r = self.r
+        saved = (self.resume_ckpt or {}).get("training_choice")
+        if saved:
+            choice = TrainingChoice.from_dict(saved, source="checkpoint")
+        elif self.main:
+            choice = choose(r.amp, r.channels_last, r.compile, self.dev, self.info.num_classes, self.cfg,
+                            r.crop_size, self.batch, torch.get_num_threads(), log=lambda m: self.log(m, always=True))
+        else:
+            choice = None
+        choice = D.broadcast_object(choice, self.ctx)
+        for line in choice.describe():
+            self.log(line, always=True)
+        return choice
 
     @staticmethod
     def _zero_acc() -> dict[str, float]:
@@ -211,6 +253,7 @@ class _Trainer:
             kw = {"thresh": r.ohem_thresh, "min_kept": r.ohem_min_kept or self.batch * crop[0] * crop[1] // 16}
         self.criterion = build_loss(r.loss, self.info.ignore_index, weight=self.class_weights, **kw).to(self.dev)
         self.loader_stage = self.stage
+        self.stage_iter0 = self.iteration
         if self.tuner is not None:
             self.tuner.reset()
         self.log(f"stage {self.stage}: crops {crop[0]}x{crop[1]}, base scale {scale:g}, batch {self.batch}"
@@ -225,17 +268,14 @@ class _Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": capture_rng(), "recipe": self.r.to_dict(), "metrics": self.metrics, "elapsed_s": self.elapsed,
             "epoch_acc": dict(self.acc), "best_val_miou": self.best, "val_seen": self.val_seen,
-            "world_size": self.ctx.world_size,
+            "world_size": self.ctx.world_size, "training_choice": self.choice.to_dict(), "hardware": self.hardware,
         }
 
-    def _resume(self, resume: bool | str | os.PathLike[str]) -> None:
-        path = self.out / "last.pt" if resume in (True, "auto") else Path(resume)  # type: ignore[arg-type]
-        if resume == "auto" and not path.is_file():
+    def _resume(self) -> None:
+        ck = self.resume_ckpt
+        if ck is None:
             return
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path}: no such file to resume from (train without --resume first)")
-        ck = load_for_resume(path)
-        check_resumable(ck, self.r.to_dict(), path)
+        path = ck["_path"]
         if ck.get("world_size", 1) != self.ctx.world_size:
             self.log(f"note: resuming a {ck.get('world_size')}-process run with {self.ctx.world_size} process(es): "
                      "the sample order differs from an uninterrupted run")
@@ -313,6 +353,7 @@ class _Trainer:
             self.acc["images"] += images.shape[0] * self.ctx.world_size
             if self.on_iteration is not None:
                 self.on_iteration(self.iteration)
+            self._eta_tick()
             if self.tuner is not None:
                 now = time.perf_counter()
                 self.tuner.record(now - t_last)
@@ -352,6 +393,21 @@ class _Trainer:
         if stop == "signal":
             raise TrainingInterrupted(self._signal, self.out / "last.pt" if self.main else None)
         return stop
+
+    def _eta_tick(self) -> None:
+        """Print the ETA once per stage, timed over iterations ETA_START..ETA_REPORT of the stage."""
+        n = self.iteration - self.stage_iter0
+        if n == ETA_START:
+            self.eta_t0 = time.perf_counter()
+        elif n == ETA_REPORT and not self.budget_s:
+            r = self.r
+            s_per_iter = (time.perf_counter() - self.eta_t0) / (ETA_REPORT - ETA_START)
+            start = final_stage_start(self.total, self.ipe, r.final_fraction)
+            (_, c0), (_, c1) = self._stage_geometry(0), self._stage_geometry(1)
+            left = remaining_seconds(self.iteration, self.total, start, s_per_iter, self.stage or 0,
+                                     c1[0] * c1[1] / (c0[0] * c0[1]))
+            estimated = (self.stage or 0) == 0 and start < self.total and c0 != c1
+            self.log(eta_line(left, self.total - self.iteration, s_per_iter, estimated), always=True)
 
     def _skipped(self, loss: float) -> None:
         """Count a step whose loss or gradients were not finite (its update was skipped)."""
@@ -410,17 +466,18 @@ class _Trainer:
         return (self.epoch >= self.r.epochs or self.iteration >= self.total
                 or (self.budget_s is not None and self.elapsed >= self.budget_s))
 
-    def run(self, resume: bool | str | os.PathLike[str]) -> dict[str, Any]:
+    def run(self) -> dict[str, Any]:
         r = self.r
-        if resume:
-            self._resume(resume)
+        self._resume()
+        self.resume_ckpt = None  # free the memory
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             meta = {"recipe": r.to_dict(), "device": str(self.dev), "world_size": self.ctx.world_size,
                     "threads": self.threads, "amp": str(self.amp), "torch": torch.__version__,
                     "cpu_count": os.cpu_count(), "train_images": len(self.train_ds), "iters_per_epoch": self.ipe,
                     "total_iters": self.total, "mean": self.mean, "std": self.std, "val_seen": self.val_seen,
-                    "class_weights": None if self.class_weights is None else self.class_weights.tolist()}
+                    "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
+                    "hardware": self.hardware, "training_choice": self.choice.to_dict()}
             write_bytes_atomic(self.out / "recipe.json", json.dumps(meta, indent=2).encode())
         budget = f"{r.minutes:g} min" if r.minutes else f"{r.epochs} epochs ({self.total} iterations)"
         self.log(f"train {r.describe()} on {len(self.train_ds)} {r.train_split} images, {self.dev}, "
@@ -465,7 +522,8 @@ class _Trainer:
             "elapsed_s": self.elapsed, "images_per_s": images / train_s if train_s else None, "stopped_by": stop,
             "val_seen": self.val_seen, "best_val_miou": self.best,
             "final_val_miou": None if last_val is None else last_val["val_miou"],
-            "device": str(self.dev), "world_size": self.ctx.world_size, "weights_digest": digests[0],
+            "device": str(self.dev), "hardware": self.hardware, "training_choice": self.choice.to_dict(),
+            "world_size": self.ctx.world_size, "weights_digest": digests[0],
             "rank_weight_digests": digests, "metrics": self.metrics,
         }
         if self.main:
@@ -497,7 +555,7 @@ def fit(recipe: Recipe, data_root: str | os.PathLike[str] | None = None, out_dir
     ctx = D.setup(dev)
     try:
         trainer = _Trainer(recipe, Path(data_root) if data_root else default_data_root(recipe.dataset),
-                           Path(out_dir), D.device_for(ctx, dev), ctx, quiet, on_iteration, on_epoch)
-        return trainer.run(resume)
+                           Path(out_dir), D.device_for(ctx, dev), ctx, quiet, on_iteration, on_epoch, resume)
+        return trainer.run()
     finally:
         D.teardown(ctx)

@@ -29,6 +29,9 @@ CITYSCAPES_OHEM_WEIGHTS: tuple[float, ...] = (
     1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
 )
 
+#: The CamVid ``cpu`` profile's budget (iterations = epochs x 58 on trainval at batch 8) and schedule.
+CPU_EPOCHS, CPU_FINAL_FRACTION, CPU_LR, CPU_WARMUP = 50, 0.12, 1e-3, 200
+
 _SPLITS = ("train", "val", "trainval", "test")
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "dataset": DATASET_NAMES, "profile": PROFILES + ("custom",), "train_split": _SPLITS,
@@ -90,10 +93,10 @@ class Recipe:
     seed: int = 1234
     device: str = "auto"
     model_config: dict[str, Any] = field(default_factory=dict)
-    channels_last: bool = True
-    amp: str = "auto"                   # auto: CUDA bf16 (else fp16 + GradScaler), CPU off; or off/bf16/fp16
+    channels_last: bool | str = True    # or "auto": measured on CPU (dabnet_lib.autotune)
+    amp: str = "auto"                   # auto: CUDA bf16 where native, else fp16 + GradScaler; CPU measured
     sync_bn: bool = False
-    compile: bool = False
+    compile: bool | str = False         # or "auto": measured on CPU
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -225,9 +228,11 @@ def _check(name: str, value: Any) -> Any:
         return _floats(name, value, None, lo_open=0.0)
     if name in ("crop_size", "final_crop_size"):
         return _size(name, value, optional=name == "final_crop_size")
+    if name in ("channels_last", "compile") and value == "auto":
+        return value
     if name in ("mirror", "channels_last", "sync_bn", "compile"):
         if not isinstance(value, bool):
-            _fail(name, value, "true or false")
+            _fail(name, value, "true or false" + (' or "auto"' if name in ("channels_last", "compile") else ""))
         return value
     if name == "class_weights":
         value = "none" if value is None else value
@@ -264,13 +269,15 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
     - paper: as published (GPU), 1000 epochs.
     - smoke: seconds on a CPU: 8 training images, 4 validation images, 64x96 crops, 2 epochs on the
       ``train`` split (so that best.pt is selected on held-out ``val`` images), in-process loading, one
-      thread (tiny tensors gain nothing from two, and one thread is immune to a busy machine).
-    - cpu: this project's 2-core CPU budget: 60 minutes of wall-clock training on ``trainval`` (CamVid,
-      as the paper) at half resolution, the last quarter at full resolution; no validation inside the
-      budget (val is part of trainval); the result is last.pt, scored on test by ``dabnet test``;
-      in-process augmentation, an adaptive thread count (``threads="auto"``), bf16 autocast (the CPU
-      has AMX; trained in NCHW, see :mod:`dabnet_lib.step`) and torch.compile. Measured here: 61.80%
-      CamVid test mIoU after 60 minutes (README, Results).
+      thread (tiny tensors gain nothing from two, and one thread is immune to a busy machine), fp32
+      eager (never measures or compiles).
+    - cpu: this project's 2-core CPU budget, defined in iterations so that a commit trains the same
+      model on any CPU (same seed, sample order and schedule; numerics aside): CamVid ``trainval`` (as
+      the paper) for CPU_EPOCHS epochs at half resolution, the last CPU_FINAL_FRACTION of them at full
+      resolution (see :func:`~dabnet_lib.eta.final_stage_start` for the exact iteration); no validation
+      inside the budget (val is part of trainval); the result is last.pt, scored on test by
+      ``dabnet test``. Precision, layout and torch.compile are ``"auto"``: measured on the running
+      machine (:mod:`dabnet_lib.autotune`). ``minutes`` stays available as an optional time box.
     """
     base = paper_recipe(dataset)
     if profile == "paper":
@@ -280,14 +287,15 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
         return base.replace(profile="smoke", train_split="train", val_split="val", max_images=8, val_max_images=4,
                             batch_size=4 if camvid else 2, epochs=2, crop_size=(64, 96) if camvid else (64, 128),
                             warmup_iters=2, val_every=1, save_every=1, num_workers=0, threads=1,
-                            val_scale=1.0 if camvid else 0.25)
+                            val_scale=1.0 if camvid else 0.25, amp="off", compile=False)
     if profile == "cpu":
+        auto: dict[str, Any] = {"amp": "auto", "channels_last": "auto", "compile": "auto"}
         if dataset == "camvid":
-            return base.replace(profile="cpu", batch_size=8, minutes=60.0, crop_size=(180, 240), base_scale=0.5,
-                                final_fraction=0.25, final_base_scale=1.0, final_crop_size=(360, 480),
-                                warmup_iters=200, val_every=0, save_every=10, num_workers=0, threads="auto",
-                                amp="bf16", compile=True)
-        return base.replace(profile="cpu", batch_size=4, minutes=60.0, crop_size=(256, 512), base_scale=0.25,
-                            warmup_iters=200, val_every=5, val_scale=0.5, val_max_images=100, save_every=5,
-                            num_workers=0, threads="auto")
+            return base.replace(profile="cpu", batch_size=8, epochs=CPU_EPOCHS, crop_size=(180, 240), base_scale=0.5,
+                                final_fraction=CPU_FINAL_FRACTION, final_base_scale=1.0, final_crop_size=(360, 480),
+                                lr=CPU_LR, warmup_iters=CPU_WARMUP, val_every=0, save_every=10, num_workers=0,
+                                threads="auto", **auto)
+        return base.replace(profile="cpu", batch_size=4, epochs=4, crop_size=(256, 512), base_scale=0.25,
+                            warmup_iters=200, val_every=1, val_scale=0.5, val_max_images=100, save_every=1,
+                            num_workers=0, threads="auto", **auto)
     raise DabnetError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,19 +16,9 @@ import pandas as pd
 import torch
 
 from .checkpoints import write_bytes_atomic
+from .machine import cpu_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    """The CPU model as the kernel reports it (``/proc/cpuinfo``), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hardware_summary(device: str | torch.device | None = None) -> str:

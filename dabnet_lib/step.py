@@ -29,11 +29,19 @@ from torch import nn
 GRAD_PROBE_TOLERANCE = 0.05
 
 
+def cuda_bf16_native(device: torch.device) -> bool:
+    """True when the CUDA ``device`` computes bf16 natively (compute capability >= 8.0, Ampere on).
+    ``torch.cuda.is_bf16_supported()`` also counts emulation, which is slow on V100, T4 or a 1080Ti."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def autocast_dtype(recipe_amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``recipe.amp`` on ``device`` (None = full precision; ``auto`` = CUDA only)."""
+    """The autocast dtype for a resolved ``amp`` ("off" | "bf16" | "fp16"; None = full precision).
+    ``"auto"`` (resolved by :mod:`dabnet_lib.autotune` before training) means: on CUDA bf16 where
+    native, else fp16; on CPU full precision."""
     if recipe_amp == "off" or (recipe_amp == "auto" and device.type != "cuda"):
         return None
-    if recipe_amp == "fp16" or (recipe_amp == "auto" and not torch.cuda.is_bf16_supported()):
+    if recipe_amp == "fp16" or (recipe_amp == "auto" and not cuda_bf16_native(device)):
         return torch.float16
     return torch.bfloat16
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dabnet_lib.autotune import Candidate
 from dabnet_lib.bench import bench_train, format_bench
 from dabnet_lib.cli import main
 from dabnet_lib.datasets import CAMVID
@@ -23,7 +24,8 @@ def _stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
                "--input-size", "--data-root", "--out", "--minutes", "--seed", "--device", "--num-workers", "--set",
                "--sync-bn", "--quiet"]),
     ("stats", ["--dataset", "--data-root", "--split"]),
-    ("bench-train", ["--iters", "--rounds", "--batch-size", "--input-size", "--amp", "--compile"]),
+    ("bench-train", ["--iters", "--rounds", "--batch-size", "--input-size", "--amp", "--compile", "--sweep",
+                     "--channels-last"]),
 ])
 def test_help(command: str, flags: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
@@ -93,13 +95,16 @@ def test_stats_prints_mean_std_and_weights(camvid_root: Path, capsys: pytest.Cap
     assert len(stats["class_weights"]) == 11 and stats["num_images"] == 101
 
 
-def test_bench_train_reports_both_loops(camvid_root: Path) -> None:
-    result = bench_train(camvid_root, batch_size=2, input_size=(48, 64), iters=2, rounds=2, warmup=1,
-                         official_workers=0, max_images=6, amp="bf16")
-    assert result["engine"]["amp"] == "bf16" and not result["engine"]["compile"]
-    for key in ("official", "engine"):
-        assert result[key]["images"] == 8 and result[key]["images_per_s"] > 0
-        assert len(result[key]["round_images_per_s"]) == 2
-    assert result["ratio"] == pytest.approx(result["engine"]["images_per_s"] / result["official"]["images_per_s"])
+def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: Path) -> None:
+    cands = [Candidate("off", True, False), Candidate("bf16", False, False)]
+    result = bench_train(camvid_root, cands, batch_size=2, input_size=(48, 64), iters=2, rounds=2, warmup=1,
+                         official_workers=0, max_images=6, status={cands[0]: "the choice"})
+    assert [e["label"] for e in result["engines"]] == ["fp32 channels_last eager", "bf16 NCHW eager"]
+    for loop in [result["official"], *result["engines"]]:
+        assert loop["images"] == 8 and loop["images_per_s"] > 0 and len(loop["round_images_per_s"]) == 2
+    for e in result["engines"]:
+        assert e["ratio"] == pytest.approx(e["images_per_s"] / result["official"]["images_per_s"])
+    assert result["ratio"] == result["engines"][0]["ratio"]
     text = format_bench(result)
-    assert "official-style loop" in text and "this engine" in text and f"{result['ratio']:.2f}x" in text
+    assert "official-style loop" in text and "bf16 NCHW eager" in text and "[the choice]" in text
+    assert f"{result['engines'][1]['ratio']:.2f}x the official loop" in text

@@ -78,6 +78,28 @@ def test_interrupted_and_resumed_run_matches_a_straight_run(camvid_root: Path, t
     assert signal.getsignal(signal.SIGINT) is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_resume_across_the_resolution_stage_boundary_is_exact(camvid_root: Path, tmp_path: Path) -> None:
+    """An iteration-defined two-stage run (as the cpu profile): stage 1 starts at iteration 4, the first
+    epoch boundary past 50%; stops just before, at and after the boundary resume to the same weights."""
+    from dabnet_lib.eta import final_stage_start
+
+    recipe = _recipe(epochs=3, final_fraction=0.5, base_scale=0.5, final_base_scale=1.0, final_crop_size=(64, 80))
+    assert final_stage_start(12, 4, 0.5) == 8
+    recipe = recipe.replace(epochs=2)
+    assert final_stage_start(8, 4, 0.5) == 4
+    straight = fit(recipe, camvid_root, tmp_path / "straight", quiet=True)
+    crops = [tuple(r["crop"]) for r in straight["metrics"]]
+    assert crops == [(48, 64), (64, 80)]
+    run = tmp_path / "resumed"
+    for stop in (3, 4, 5):
+        with pytest.raises(TrainingInterrupted):
+            fit(recipe, camvid_root, run, resume="auto", quiet=True, on_iteration=_signal_at(stop, signal.SIGTERM))
+        assert load_for_resume(run / "last.pt")["iteration"] == stop
+    resumed = fit(recipe, camvid_root, run, resume=True, quiet=True)
+    assert resumed["weights_digest"] == straight["weights_digest"]
+    assert [tuple(r["crop"]) for r in resumed["metrics"] if not r["partial"]] == crops
+
+
 def test_worker_processes_do_not_change_the_result(camvid_root: Path, tmp_path: Path) -> None:
     """Augmentation is seeded per (seed, epoch, image): forked workers give the in-process result."""
     recipe = _recipe(epochs=1)

@@ -1,0 +1,62 @@
+"""What machine this is: the CPU's model name and instruction-set flags, and whether it has bf16
+arithmetic units. Measured numbers name their hardware with these; the training autotuner keys
+its cache on them."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+#: /proc/cpuinfo flags of CPUs that compute bf16 in hardware (AVX512-BF16 dot products, AMX tiles).
+#: Without one of them PyTorch emulates bf16 convolutions in fp32 and converts: several times slower.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (``/proc/cpuinfo``), else ``platform.processor()``."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's instruction-set flags (``/proc/cpuinfo`` ``flags``; empty where unknown)."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU computes bf16 in hardware (see :data:`BF16_FLAGS`). Where /proc/cpuinfo is
+    missing (not Linux), oneDNN's own check decides."""
+    flags = cpu_flags() if flags is None else flags
+    if flags:
+        return bool(flags & BF16_FLAGS)
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def device_label(device: "str | object") -> str:
+    """The hardware a number was measured on: the GPU's name for a CUDA device, else
+    ``<CPU model> (<N> CPUs)``."""
+    import os
+
+    import torch
+
+    dev = torch.device(str(device))
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(dev)
+    return f"{cpu_name()} ({os.cpu_count()} CPUs)"
