@@ -128,7 +128,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 #: What :func:`publish_weights` keeps: enough to evaluate, predict and report, not to resume.
 PUBLISH_KEYS = ("model", "num_classes", "model_config", "dataset", "mean", "std", "epoch", "iteration", "recipe",
-               "metrics", "elapsed_s", "val_seen", "world_size")
+               "metrics", "elapsed_s", "val_seen", "world_size", "hardware", "training_choice")
 
 
 def publish_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:

@@ -101,6 +101,9 @@ def test_training_result_and_budget(tmp_path: Path) -> None:
     assert training_budget(ckpt) == ("cpu profile: 60 min wall-clock on trainval, batch 8, crop 180x240 -> 360x480; "
                                      "reached epoch 12, 3,456 iterations")
     assert "unknown" in training_budget({"epoch": 3})
+    timed = {**ckpt, "elapsed_s": 1446.0, "hardware": "AMD EPYC 7B13 (2 CPUs)",
+             "training_choice": {"label": "fp32 channels_last eager"}}
+    assert training_budget(timed).endswith("; trained in 24.1 min on AMD EPYC 7B13 (2 CPUs) as fp32 channels_last eager")
 
 
 def test_notebook_names_resolve() -> None:
