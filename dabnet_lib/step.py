@@ -103,13 +103,15 @@ def grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool]:
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool | torch.Tensor]:
     """One optimisation step on a batch (images (N, 3, H, W) float, labels (N, H, W) int64, on the
-    model's device). Returns ``(loss, applied)``: the detached loss and whether the update was made.
+    model's device). Returns ``(loss, applied)``: the detached loss and whether the update was made
+    (a bool, or a 0-d bool tensor on the model's device that the caller reads when it syncs anyway).
 
     Without a GradScaler (fp32, bf16) a non-finite loss or gradient skips the update, leaving weights
-    and optimiser state untouched (one host sync per step; free on CPU). With fp16's GradScaler the
-    scaler does this itself and lowers its scale."""
+    and optimiser state untouched (one host sync per step, free on CPU). With fp16's GradScaler the
+    scaler skips the update itself (inf/NaN in the unscaled gradients) and lowers its scale; ``applied``
+    is then read from the scaler's found-inf flags, on the device, with no extra host sync."""
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(images)
     loss = criterion(logits.float(), labels)
@@ -120,6 +122,22 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cri
         if not bool(loss.isfinite() & grads_finite(params)):
             optimizer.zero_grad(set_to_none=True)
             return loss.detach(), False
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach(), True
     scaler.step(optimizer)
+    applied = scaler_step_applied(scaler, optimizer, loss.device) & loss.detach().isfinite()
     scaler.update()
-    return loss.detach(), True
+    return loss.detach(), applied
+
+
+def scaler_step_applied(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                        device: torch.device) -> torch.Tensor:
+    """After ``scaler.step(optimizer)`` and before ``scaler.update()``: a 0-d bool tensor on ``device``,
+    True when the scaler applied the update (no inf/NaN found in any device's gradients)."""
+    # GradScaler keeps its per-device found-inf flags (float 0/1) until update(); reading them here is the
+    # documented behaviour of step() ("skipped if found_inf"), through its one accessor.
+    found = scaler._found_inf_per_device(optimizer)
+    if not found:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack([f.to(device) for f in found.values()]).sum() == 0
