@@ -28,7 +28,9 @@ Exact resume: the order of samples and every sample's augmentation are functions
 ``(seed, epoch, index)``; checkpoints hold model, optimizer, scheduler, scaler, RNG states and the
 position inside the epoch, so a run stopped (also mid-epoch, by SIGINT/SIGTERM) and resumed ends with
 the same weights as one run straight through (same seed, same device and fixed thread count; with
-``threads="auto"`` or a time budget, runs are not bit-reproducible).
+``threads="auto"`` or a time budget, runs are not bit-reproducible). Bit-exactness is a CPU guarantee (the
+tests run on CPU, GPUs hidden): on CUDA, cudnn.benchmark's algorithm choice and the atomic adds of the
+bilinear upsampling backward make every run, resumed or not, differ in the last bits.
 """
 
 from __future__ import annotations
