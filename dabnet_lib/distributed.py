@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from .datasets import SegmentationDataset
+from .errors import DabnetError
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ def setup(device: torch.device) -> DistContext:
     backend = "nccl" if device.type == "cuda" else "gloo"
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise DabnetError(f"LOCAL_RANK {local} needs CUDA device {local}, but only {count} CUDA device(s) are "
+                              f"visible: start at most {count} process(es) per node (torchrun --nproc_per_node="
+                              f"{max(1, count)}), or train on CPU with --device cpu")
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend)
     return DistContext(dist.get_rank(), dist.get_world_size(), local,

@@ -5,8 +5,9 @@ loss, lr, val_miou or null, images_per_s, elapsed_s, ...), ``curves.png``, ``las
 and on interruption), ``best.pt`` (best val mIoU; never when the training split holds the val
 images), ``epoch_XXXX.pt`` every ``save_every`` epochs, ``summary.json`` at the end.
 
-Throughput: the training split is decoded once into RAM, augmented in-process (``num_workers=0``)
-or by forked persistent workers, fed channels_last (NCHW where bf16 channels_last gradients are wrong,
+Throughput: the training split is decoded once into RAM when it fits ``cache_ram_fraction`` of the free
+host memory (else per access in the loader, :mod:`dabnet_lib.host_memory`), augmented in-process
+(``num_workers=0``) or by forked persistent workers, fed channels_last (NCHW where bf16 channels_last gradients are wrong,
 see :mod:`dabnet_lib.step`); a step with a non-finite loss or gradient is skipped and counted
 (``skipped_steps``), 20 in a row stop the run; ``threads="auto"`` re-chooses the CPU thread
 count while training (:class:`~dabnet_lib.distributed.ThreadTuner`: on a shared 2-core machine two
@@ -27,7 +28,9 @@ Exact resume: the order of samples and every sample's augmentation are functions
 ``(seed, epoch, index)``; checkpoints hold model, optimizer, scheduler, scaler, RNG states and the
 position inside the epoch, so a run stopped (also mid-epoch, by SIGINT/SIGTERM) and resumed ends with
 the same weights as one run straight through (same seed, same device and fixed thread count; with
-``threads="auto"`` or a time budget, runs are not bit-reproducible).
+``threads="auto"`` or a time budget, runs are not bit-reproducible). Bit-exactness is a CPU guarantee (the
+tests run on CPU, GPUs hidden): on CUDA, cudnn.benchmark's algorithm choice and the atomic adds of the
+bilinear upsampling backward make every run, resumed or not, differ in the last bits.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from .checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_fo
 from .datasets import SegmentationDataset, build_dataset, get_info, statistics, subset
 from .errors import CheckpointError, DabnetError
 from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
+from .host_memory import plan_caches
 from .inference import resolve_device
 from .losses import build_loss
 from .machine import device_label
@@ -80,6 +84,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 #: Consecutive skipped (non-finite) steps after which training stops with an error.
 MAX_SKIPPED_IN_A_ROW = 20
+#: Iterations between host reads of the step flags (skipped steps) and, under DDP, between all-reduces of the
+#: stop/elapsed flags, per device type: free on CPU; on CUDA every read stalls the launch queue.
+HOST_SYNC_EVERY: dict[str, int] = {"cpu": 1, "cuda": 10}
 
 
 def build_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
@@ -118,15 +125,20 @@ class _Trainer:
         show = not quiet and self.main
         self.resume_ckpt = self._load_resume(resume)
 
-        # data: decode once, then augment from RAM
+        # data: decoded once into RAM when it fits the budget, else per access (same samples either way)
         full_train = build_dataset(r.dataset, data_root, r.train_split)
         self.val_ds: SegmentationDataset | None = None
         self.val_seen = False
         if r.val_split and r.val_every > 0:
             self.val_ds = build_dataset(r.dataset, data_root, r.val_split)
             self.val_seen = D.overlap(full_train, self.val_ds)
-            subset(self.val_ds, r.val_max_images, spread=False).cache_in_memory(show)
-        self.train_ds = subset(full_train, r.max_images).cache_in_memory(show)
+            subset(self.val_ds, r.val_max_images, spread=False)
+        self.train_ds = subset(full_train, r.max_images)
+        plans = plan_caches([self.train_ds, self.val_ds], r.cache_ram_fraction, ctx.local_world_size)
+        D.barrier(ctx)  # every local rank measured free memory before any fills its cache
+        for plan in plans:
+            plan.apply(show)
+            self.log(plan.reason, always=True)
         if r.batch_size % ctx.world_size:
             raise DabnetError(f"batch_size {r.batch_size} must be divisible by the {ctx.world_size} DDP processes")
         self.batch = r.batch_size // ctx.world_size
@@ -336,20 +348,24 @@ class _Trainer:
         t_epoch = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dev)
         loss_n = 0
+        every = HOST_SYNC_EVERY.get(self.dev.type, 1)
+        pending: list[tuple[int, torch.Tensor, bool | torch.Tensor]] = []  # steps whose flags the host has not read
         assert self.loader is not None
         t_last = t_epoch
         for images, labels in self.loader:
             images = images.to(self.dev, non_blocking=True).contiguous(memory_format=self.mf)
             labels = labels.to(self.dev, non_blocking=True)
             loss, applied = self._step(images, labels)
-            if applied:
-                loss_sum += loss
-                loss_n += 1
-                self.skipped_in_a_row = 0
-            else:
-                self._skipped(float(loss))
+            if isinstance(applied, bool):
+                loss_sum += loss if applied else 0.0
+            else:  # a device flag: keep a skipped step's loss out of the mean without a host sync
+                loss_sum += torch.where(applied, loss, torch.zeros_like(loss))
             self.iteration += 1
             self.position += 1
+            pending.append((self.iteration, loss, applied))
+            last = self.position >= self.ipe or self.iteration >= self.total
+            if last or self.iteration % every == 0:
+                loss_n += self._read_step_flags(pending)
             self.acc["images"] += images.shape[0] * self.ctx.world_size
             if self.on_iteration is not None:
                 self.on_iteration(self.iteration)
@@ -358,9 +374,11 @@ class _Trainer:
                 now = time.perf_counter()
                 self.tuner.record(now - t_last)
                 t_last = now
-            sig, elapsed = D.reduce_max([self._signal, self.elapsed0 + time.perf_counter() - self.t0],
-                                        self.ctx, self.dev)
-            self.elapsed = elapsed
+            sig = 0
+            if not self.ctx.enabled or last or self.iteration % every == 0:  # same iterations on every rank
+                sig, self.elapsed = D.reduce_max([self._signal, self.elapsed0 + time.perf_counter() - self.t0],
+                                                 self.ctx, self.dev)
+            elapsed = self.elapsed
             self.sched.advance(elapsed if self.budget_s else None)
             if self.main and not bar.disable and (self.dev.type == "cpu" or self.iteration % 10 == 0):
                 bar.set_postfix(ep=self.epoch + 1, loss=f"{float(loss_sum) / max(1, loss_n):.3f}",
@@ -377,6 +395,7 @@ class _Trainer:
                 stop = "max_iters" if self.iteration < r.epochs * self.ipe else None
             if stop or self.position >= self.ipe:
                 break
+        loss_n += self._read_step_flags(pending)
         self.acc["train_s"] += time.perf_counter() - t_epoch
         D.broadcast_buffers(self.net, self.ctx)  # same BN statistics on every rank for validation and saving
         self.acc["loss_sum"] += float(loss_sum)
@@ -409,19 +428,35 @@ class _Trainer:
             estimated = (self.stage or 0) == 0 and start < self.total and c0 != c1
             self.log(eta_line(left, self.total - self.iteration, s_per_iter, estimated), always=True)
 
-    def _skipped(self, loss: float) -> None:
-        """Count a step whose loss or gradients were not finite (its update was skipped)."""
+    def _read_step_flags(self, pending: list[tuple[int, torch.Tensor, bool | torch.Tensor]]) -> int:
+        """Read the applied flags of ``pending`` steps ``(iteration, loss, applied)`` on the host (one sync for
+        all device flags), count the skipped ones (:meth:`_skipped`), empty ``pending``; returns how many
+        were applied."""
+        on_device = [flag for _, _, flag in pending if not isinstance(flag, bool)]
+        read = iter(torch.stack(on_device).tolist() if on_device else [])
+        applied = 0
+        for iteration, loss, flag in pending:
+            if flag if isinstance(flag, bool) else next(read):
+                applied += 1
+                self.skipped_in_a_row = 0
+            else:
+                self._skipped(float(loss), iteration)
+        pending.clear()
+        return applied
+
+    def _skipped(self, loss: float, iteration: int) -> None:
+        """Count step ``iteration`` (1-based) whose loss or gradients were not finite (its update was skipped)."""
         self.acc["skipped"] += 1
         self.skipped_in_a_row += 1
-        self.log(f"iteration {self.iteration + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'}, "
+        self.log(f"iteration {iteration}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'}, "
                  "update skipped", always=True)
         if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
             raise DabnetError(
                 f"training diverged: {self.skipped_in_a_row} steps in a row had a non-finite loss or gradient "
-                f"(iteration {self.iteration + 1}); weights are unchanged since the last good step. Lower lr "
+                f"(iteration {iteration}); weights are unchanged since the last good step. Lower lr "
                 f"(--set lr=...) or train in full precision (--set amp=off); resume from {self.out / 'last.pt'}")
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, bool | torch.Tensor]:
         try:
             return train_step(self.model, images, labels, self.criterion, self.opt, self.scaler, self.amp)
         except Exception as exc:  # noqa: BLE001  (torch.compile needs a C++ toolchain; anything it raises)

@@ -100,6 +100,23 @@ class PixelCounter:
         return table[: self.c].clone()
 
 
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    """The memory format of ``model``'s convolution weights: channels_last when its first 4-D parameter
+    with a spatial extent is stored NHWC, else contiguous (NCHW; also for a model without such weights)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.shape[-2] * p.shape[-1] > 1:
+            return torch.channels_last if not p.is_contiguous() and p.is_contiguous(
+                memory_format=torch.channels_last) else torch.contiguous_format
+    return torch.contiguous_format
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    """The device of ``model``'s first parameter or buffer (None when it has neither)."""
+    for t in [*model.parameters(), *model.buffers()]:
+        return t.device
+    return None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -123,9 +140,10 @@ def evaluate(
     None (mean subtraction only, as the official code); pass the checkpoint's ``mean``/``std`` (what
     :func:`evaluate_checkpoint` does) or ``datasets.statistics(...)`` values to override.
     ``scale != 1`` resizes the image only; logits are upsampled bilinearly to the label size before
-    the argmax. ``batch_size > 1`` needs same-size images. The model is moved to ``device`` and to
-    channels_last in place and runs in eval mode under ``torch.inference_mode`` (its train/eval
-    mode is restored afterwards).
+    the argmax. ``batch_size > 1`` needs same-size images. The model runs on ``device`` in eval mode
+    under ``torch.inference_mode``, in its own memory format (inputs follow it), and is left as it was
+    found: its device, memory format and train/eval mode are restored (validation inside training must
+    not change the training model; :func:`evaluate_checkpoint` puts its own model in channels_last).
 
     Returns :meth:`ConfusionMatrix.compute` (``iou``, ``miou``, ``official_miou``, ``pixel_accuracy``,
     ``mean_accuracy``, ``confusion``) plus ``iou_by_class`` {class name: IoU or NaN}, ``images``,
@@ -156,8 +174,8 @@ def evaluate(
     view = _EvalView(dataset, EvalTransform(mean_t, std_t, scale=scale), count)
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_collate, pin_memory=dev.type == "cuda")
-    was_training = model.training
-    model.to(dev, memory_format=torch.channels_last).eval()
+    was_training, home, mf = model.training, _device_of(model), memory_format_of(model)
+    model.to(dev).eval()  # .to(device) keeps every tensor's strides
     cm = ConfusionMatrix(info.num_classes, info.ignore_index)
     counter = PixelCounter(info.num_classes, info.ignore_index) if info.ignore_index >= 0 else cm
     forward_s = metric_s = 0.0
@@ -168,7 +186,7 @@ def evaluate(
             bar = tqdm(loader, total=len(loader), desc=f"eval {info.name}/{dataset.split}", unit="batch",
                        disable=not progress)
             for x, y in bar:
-                x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = x.to(dev, non_blocking=True).contiguous(memory_format=mf)
                 y = y.to(dev, non_blocking=True)
                 _sync(dev)
                 t0 = time.perf_counter()
@@ -187,6 +205,8 @@ def evaluate(
                 images += x.shape[0]
     finally:
         model.train(was_training)
+        if home is not None and home != dev:
+            model.to(home)
     seconds = time.perf_counter() - start
     if isinstance(counter, PixelCounter):
         cm.matrix = counter.confusion()
@@ -232,6 +252,7 @@ def evaluate_checkpoint(
     Raises :class:`CheckpointError` (unreadable file, class count of another dataset) or
     :class:`DatasetError` (missing data)."""
     model, ckpt = build_from_checkpoint(path)
+    model.to(memory_format=torch.channels_last)  # oneDNN's and cuDNN's faster layout for inference
     info = checkpoint_info(ckpt, model.num_classes, str(path), dataset or (data.info.name if data else None))
     if data is None:
         root = Path(data_root) if data_root is not None else DEFAULT_DATA_DIR / info.name

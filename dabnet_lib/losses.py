@@ -123,15 +123,14 @@ class OhemCrossEntropy(nn.Module):
     def kept_mask(self, nll: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the pixels OHEM keeps, from the unweighted per-pixel NLL and the valid mask."""
         prob = torch.exp(-nll.detach())  # softmax probability of the true class
-        num_valid = int(valid.sum())
-        if num_valid == 0 or num_valid <= self.min_kept:
-            return valid.clone()
         threshold = torch.tensor(self.thresh, dtype=prob.dtype, device=prob.device)
-        if self.min_kept > 0:
+        if self.min_kept > 0 and self.min_kept <= prob.numel():
             scored = torch.where(valid, prob, torch.ones_like(prob)).reshape(-1)  # ignored sort last
             kth = torch.kthvalue(scored, self.min_kept).values
             threshold = torch.maximum(threshold, kth.to(prob.device, prob.dtype))
-        return valid & (prob <= threshold)
+        # min_kept scored pixels or fewer: keep them all. Decided on the device (no host sync per step).
+        keep_all = valid.sum() <= self.min_kept
+        return valid & (keep_all | (prob <= threshold))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, target, self.weight, type(self).__name__)

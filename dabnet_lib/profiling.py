@@ -245,8 +245,11 @@ def benchmark(
     calibration_error: str | None = None,
     idle_wait_s: float = 0.0,
     log: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """Build, check and time ``variants`` of ``model`` at ``batch`` x 3 x ``input_size`` on the CPU.
+    """Build, check and time ``variants`` of ``model`` at ``batch`` x 3 x ``input_size`` on the CPU, or on
+    ``device`` "cuda" through :func:`dabnet_lib.gpu_timing.benchmark_on_device` (its own variant list;
+    CPU-only variants get a "cpu only" row).
 
     Eager is always built (the speed-up reference) and listed first. Times are taken in ``rounds``
     interleaved rounds of ``ceil(iters / rounds)`` calls per variant. A variant that is unknown or
@@ -257,6 +260,11 @@ def benchmark(
     parity_ok, parity_value, build_s, notes, error, device, threads, batch, resolution, torch,
     load_avg_start, load_avg_end, idle_before_rounds.
     """
+    if torch.device(device).type != "cpu":
+        from .gpu_timing import benchmark_on_device
+
+        return benchmark_on_device(model, input_size, variants, batch=batch, device=device, warmup=warmup,
+                                   iters=iters, rounds=rounds, log=log)
     log = log or (lambda _msg: None)
     names = parse_variants(variants)
     if "eager" not in names:
@@ -369,7 +377,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     table = []
     for r in rows:
         if r["status"] != "ok":
-            table.append([r["variant"], "-", "-", "-", "-", f"error: {r['error']}", "-"])
+            reason = r["error"] if r["status"] == "cpu only" else f"error: {r['error']}"
+            table.append([r["variant"], "-", "-", "-", "-", reason, "-"])
             continue
         table.append([r["variant"], f"{r['ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['fps']:.1f}",
                       f"{r['speedup']:.2f}x", r["parity"], f"{r['build_s']:.1f}"])

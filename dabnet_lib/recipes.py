@@ -51,6 +51,9 @@ class Recipe:
     ``final_base_scale``/``final_crop_size`` (low resolution first, full resolution last); 0 = off.
     val_every / save_every: epochs between validations / ``epoch_XXXX.pt`` files (0 = only at the end
     / never). minutes: wall-clock budget of the training loop (None = epochs only).
+    cache_ram_fraction: share (0..1) of the host memory available at start that the decode-once caches of
+    the training and validation splits may use, all local DDP ranks together; a split that does not fit is
+    decoded per access in the loader (same results; see :mod:`dabnet_lib.host_memory`). 0 = never cache.
     """
 
     dataset: str = "camvid"
@@ -89,6 +92,7 @@ class Recipe:
     val_scale: float = 1.0
     save_every: int = 50
     num_workers: int = 2
+    cache_ram_fraction: float = 0.5     # decode-once RAM cache budget: share of available memory, all local ranks
     threads: int | str | None = None    # torch intra-op threads: N, None = all cores, "auto" = adaptive (CPU)
     seed: int = 1234
     device: str = "auto"
@@ -207,7 +211,7 @@ def _check(name: str, value: Any) -> Any:
         return _num(name, value, float, 0.0, lo_open=True)
     if name in ("momentum", "weight_decay"):
         return _num(name, value, float, 0.0)
-    if name in ("warmup_ratio", "ohem_thresh", "final_fraction"):
+    if name in ("warmup_ratio", "ohem_thresh", "final_fraction", "cache_ram_fraction"):
         return _num(name, value, float, 0.0, 1.0)
     if name in ("batch_size", "epochs"):
         return _num(name, value, int, 1)
@@ -289,7 +293,7 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
                             warmup_iters=2, val_every=1, save_every=1, num_workers=0, threads=1,
                             val_scale=1.0 if camvid else 0.25, amp="off", compile=False)
     if profile == "cpu":
-        auto: dict[str, Any] = {"amp": "auto", "channels_last": "auto", "compile": "auto"}
+        auto: dict[str, Any] = {"amp": "auto", "channels_last": "auto", "compile": "auto", "device": "cpu"}
         if dataset == "camvid":
             return base.replace(profile="cpu", batch_size=8, epochs=CPU_EPOCHS, crop_size=(180, 240), base_scale=0.5,
                                 final_fraction=CPU_FINAL_FRACTION, final_base_scale=1.0, final_crop_size=(360, 480),

@@ -24,15 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cuda_support import cuda_bf16_native
+
 #: Relative weight-gradient error (vs fp32 NCHW) above which a layout counts as broken; bf16
 #: rounding gives about 5e-3.
 GRAD_PROBE_TOLERANCE = 0.05
-
-
-def cuda_bf16_native(device: torch.device) -> bool:
-    """True when the CUDA ``device`` computes bf16 natively (compute capability >= 8.0, Ampere on).
-    ``torch.cuda.is_bf16_supported()`` also counts emulation, which is slow on V100, T4 or a 1080Ti."""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def autocast_dtype(recipe_amp: str, device: torch.device) -> torch.dtype | None:
@@ -111,13 +107,15 @@ def grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
 
 def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool]:
+               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool | torch.Tensor]:
     """One optimisation step on a batch (images (N, 3, H, W) float, labels (N, H, W) int64, on the
-    model's device). Returns ``(loss, applied)``: the detached loss and whether the update was made.
+    model's device). Returns ``(loss, applied)``: the detached loss and whether the update was made
+    (a bool, or a 0-d bool tensor on the model's device that the caller reads when it syncs anyway).
 
     Without a GradScaler (fp32, bf16) a non-finite loss or gradient skips the update, leaving weights
-    and optimiser state untouched (one host sync per step; free on CPU). With fp16's GradScaler the
-    scaler does this itself and lowers its scale."""
+    and optimiser state untouched (one host sync per step, free on CPU). With fp16's GradScaler the
+    scaler skips the update itself (inf/NaN in the unscaled gradients) and lowers its scale; ``applied``
+    is then read from the scaler's found-inf flags, on the device, with no extra host sync."""
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(images)
     loss = criterion(logits.float(), labels)
@@ -128,6 +126,22 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cri
         if not bool(loss.isfinite() & grads_finite(params)):
             optimizer.zero_grad(set_to_none=True)
             return loss.detach(), False
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach(), True
     scaler.step(optimizer)
+    applied = scaler_step_applied(scaler, optimizer, loss.device) & loss.detach().isfinite()
     scaler.update()
-    return loss.detach(), True
+    return loss.detach(), applied
+
+
+def scaler_step_applied(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                        device: torch.device) -> torch.Tensor:
+    """After ``scaler.step(optimizer)`` and before ``scaler.update()``: a 0-d bool tensor on ``device``,
+    True when the scaler applied the update (no inf/NaN found in any device's gradients)."""
+    # GradScaler keeps its per-device found-inf flags (float 0/1) until update(); reading them here is the
+    # documented behaviour of step() ("skipped if found_inf"), through its one accessor.
+    found = scaler._found_inf_per_device(optimizer)
+    if not found:
+        return torch.ones((), dtype=torch.bool, device=device)
+    return torch.stack([f.to(device) for f in found.values()]).sum() == 0

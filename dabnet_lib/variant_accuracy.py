@@ -54,7 +54,7 @@ def variant_miou(
     variant that cannot be built gives a row with ``error``.
     """
     model, ckpt = build_from_checkpoint(checkpoint)
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)  # the layout evaluate() ran eager in, and the variants see
     mean, std = ckpt.get("mean"), ckpt.get("std")
     dataset = build_dataset(ckpt.get("dataset", "camvid"), data_root, split)
     if input_size is None:

@@ -23,7 +23,7 @@ def test_two_process_gloo_run(camvid_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "DABNET_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "dabnet_lib.cli", "train", "--profile", "smoke", "--data-root", str(camvid_root), "--out", str(out),
-           "--quiet", "--set", "save_every=0"]
+           "--device", "cpu", "--quiet", "--set", "save_every=0"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("train camvid/smoke") == 1  # only rank 0 logs

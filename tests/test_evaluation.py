@@ -255,3 +255,25 @@ def test_cityscapes_oracle_and_withheld_test_labels(cityscapes_root: Path) -> No
     test = build_dataset("cityscapes", cityscapes_root, "test")
     with pytest.raises(DatasetError, match="cityscapes-submission"):
         evaluate(Probe(19), test, device="cpu", progress=False)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_leaves_an_nchw_training_model_as_it_found_it(camvid_test: SegmentationDataset) -> None:
+    """Validation inside training must not switch the training model to channels_last (wrong bf16 gradients,
+    DDP stride warnings, recompiles), nor leave it in eval mode, nor touch its weights or BN statistics."""
+    torch.manual_seed(0)
+    model = DABNet(11).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    strides = {n: p.stride() for n, p in model.named_parameters()}
+    evaluate(model, camvid_test, device="cpu", progress=False, scale=0.25, limit=2)
+    assert model.training
+    assert {n: p.stride() for n, p in model.named_parameters()} == strides
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+    cl = DABNet(11).to(memory_format=torch.channels_last).eval()  # and a channels_last model stays so
+    result = evaluate(cl, camvid_test, device="cpu", progress=False, scale=0.25, limit=2)
+    conv = cl.init_conv[0].conv.weight
+    assert not cl.training and conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert result["images"] == 2

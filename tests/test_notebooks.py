@@ -23,7 +23,7 @@ OWN_PARAMETERS = {
     "03_training": {"overrides", "publish_checkpoint"},
     "04_evaluation": {"checkpoint", "split", "limit"},
     "05_qualitative_results": {"checkpoint", "split", "per_group", "limit"},
-    "06_fps_profiling": {"checkpoint", "variants", "sizes", "batches", "threads"},
+    "06_fps_profiling": {"checkpoint", "variants", "sizes", "batches", "threads", "device"},
 }
 
 

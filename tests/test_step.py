@@ -122,3 +122,62 @@ def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
     monkeypatch.setattr(engine, "train_step", lambda *a, **k: (torch.tensor(float("inf")), False))
     with pytest.raises(DabnetError, match=r"training diverged: 20 steps in a row .*amp=off"):
         engine.fit(recipe.replace(epochs=12), camvid_root, tmp_path / "diverged", quiet=True)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_step_the_grad_scaler_skips_is_reported_as_not_applied() -> None:
+    """fp16 + GradScaler (here the CPU scaler, the same class CUDA uses): a step whose scaled gradients hold
+    inf is skipped by the scaler; train_step reports it as not applied (a device flag), weights and Adam state
+    stay, the scale drops; the next clean step is applied."""
+    model, opt, images, labels = _setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    before, scale = _state(model, opt), scaler.get_scale()
+    handle = model.init_conv[0].conv.weight.register_hook(lambda g: g * float("inf"))
+    loss, applied = train_step(model, images, labels, torch.nn.CrossEntropyLoss(), opt, scaler)
+    handle.remove()
+    assert isinstance(applied, torch.Tensor) and applied.dtype == torch.bool and not bool(applied)
+    assert math.isfinite(float(loss)) and scaler.get_scale() < scale
+    assert all(torch.equal(a, b) for a, b in zip(before, _state(model, opt)))
+    loss, applied = train_step(model, images, labels, torch.nn.CrossEntropyLoss(), opt, scaler)
+    assert bool(applied) and not all(torch.equal(a, b) for a, b in zip(before, _state(model, opt)))
+
+
+class _SkippingScaler(torch.amp.GradScaler):
+    """A real (CPU) GradScaler whose steps 2, 3, ... find inf gradients, as fp16 overflow would on CUDA."""
+
+    calls = 0
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        super().unscale_(optimizer)
+        type(self).calls += 1
+        if type(self).calls >= 2:
+            for found in self._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values():
+                found.fill_(1.0)
+
+
+@pytest.mark.parametrize("sync_every", [1, 3])
+def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
+        camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int) -> None:
+    """The engine with an enabled GradScaler: skipped steps count in skipped_steps, their (NaN-free but
+    unapplied) losses stay out of the loss mean, and 20 in a row stop the run; also when the host reads the
+    step flags only every ``sync_every`` iterations (as on CUDA)."""
+    monkeypatch.setattr(engine.torch.amp, "GradScaler", lambda device, enabled=True: _SkippingScaler(device))
+    monkeypatch.setitem(engine.HOST_SYNC_EVERY, "cpu", sync_every)
+    _SkippingScaler.calls = 0
+    seen: list[float] = []
+    real_step = engine.train_step
+
+    def recording(*args, **kwargs):
+        loss, applied = real_step(*args, **kwargs)
+        seen.append(float(loss))
+        return loss, applied
+
+    monkeypatch.setattr(engine, "train_step", recording)
+    recipe = get_recipe("camvid", "smoke").replace(epochs=1, save_every=0, val_every=0)
+    summary = engine.fit(recipe, camvid_root, tmp_path / "one", quiet=True)
+    (row,) = summary["metrics"]
+    assert row["iteration"] == 2 and row["skipped_steps"] == 1
+    assert row["loss"] == pytest.approx(seen[0])  # the mean of the one applied step
+    _SkippingScaler.calls = 0
+    with pytest.raises(DabnetError, match=r"training diverged: 20 steps in a row .*\(iteration 21\)"):
+        engine.fit(recipe.replace(epochs=30), camvid_root, tmp_path / "diverged", quiet=True)

@@ -1,0 +1,38 @@
+"""What this machine's CUDA device offers, asked in one place: whether there is one (a clear error when a
+command needs it and there is none), native bf16, and a one-line description for provenance.
+
+Unverified until a GPU run: this module only reads ``torch.cuda`` queries; on CPU the tests mock them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import DabnetError
+
+#: The words every "needs CUDA" error starts with (scripts and tests look for them).
+NO_CUDA = "no CUDA device"
+
+
+def require_cuda(what: str) -> torch.device:
+    """``torch.device("cuda")``, or DabnetError naming ``what`` when torch sees no CUDA device."""
+    if not torch.cuda.is_available():
+        build = torch.version.cuda or "none (a CPU-only build)"
+        raise DabnetError(f"{what}: {NO_CUDA} (torch {torch.__version__}, CUDA build {build}): run it on a machine "
+                          "with an NVIDIA GPU and the CUDA build of torch 2.13.0, or use --device cpu")
+    return torch.device("cuda")
+
+
+def cuda_bf16_native(device: torch.device | str | int | None = None) -> bool:
+    """True when ``device`` computes bf16 in hardware (compute capability >= 8.0, Ampere or newer).
+    ``torch.cuda.is_bf16_supported()`` also counts emulation, which makes bf16 convolutions slow on
+    V100/T4/1080Ti."""
+    major, _minor = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+def gpu_description(device: torch.device | str | int | None = None) -> str:
+    """``"<GPU name> (compute capability X.Y, N GiB), CUDA <version>, cuDNN <version>"``."""
+    props = torch.cuda.get_device_properties(device)
+    return (f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
