@@ -13,7 +13,7 @@ CAMVID_SOURCE ?= $(if $(wildcard ../shared/data/camvid/train),../shared/data/cam
 DATA_ROOT ?= data/$(DATASET)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data test test-browser run-all notebooks nb lab clean
+.PHONY: help setup data test test-browser run-all notebooks nb lab tensorboard clean
 
 help: ## list the targets
 	@echo "DABNet workbook: make <target> [VAR=value]"
@@ -69,6 +69,12 @@ lab: kernel ## start JupyterLab on 127.0.0.1:LAB_PORT (8888) with the project's 
 	  JUPYTER_TOKEN=$$token exec $(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port $(LAB_PORT) \
 	    --ServerApp.port_retries=0 --ServerApp.root_dir="$(CURDIR)" \
 	    --MappingKernelManager.default_kernel_name=$$kernel $(if $(filter 0,$(shell id -u)),--allow-root)
+
+TB_PORT ?= 6006
+tensorboard: $(STAMP) ## start TensorBoard on 127.0.0.1:TB_PORT (6006) for every run under runs/ (Ctrl-C stops it)
+	@mkdir -p runs
+	@echo "TensorBoard: http://127.0.0.1:$(TB_PORT)/ (runs/; dabnet train and notebook 03 write event files there)"
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(TB_PORT)
 
 test-browser: kernel ## notebook 05 in JupyterLab in headless Chromium: the viewer responds (installs Debian chromium if missing)
 	scripts/ensure_chromium.sh
