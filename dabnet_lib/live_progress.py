@@ -18,6 +18,7 @@ import base64
 import html
 import io
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -168,3 +169,12 @@ def _ipython_display(bundle: Mapping[str, Any], **kwargs: Any) -> Any:
     from IPython.display import display
 
     return display(bundle, **kwargs)
+
+
+def notebook_callbacks(live: bool, out_dir: str | Path, recipe: Any) -> list[Any]:
+    """What notebook 03 passes to ``fit(callbacks=...)``: the :class:`LiveProgress` view (``live``:
+    JupyterLab; False in executed copies) and TensorBoard event files in ``out_dir`` when the package
+    is installed (:func:`dabnet_lib.tensorboard_log.tensorboard_callbacks`)."""
+    from .tensorboard_log import tensorboard_callbacks
+
+    return [LiveProgress(live=live), *tensorboard_callbacks(out_dir, recipe.to_dict())]
