@@ -15,7 +15,7 @@ from dabnet_lib.ablations import VARIANTS, ablation_recipe, add_noise_verdict
 from dabnet_lib.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model import DABNet, count_parameters
-from dabnet_lib.qualitative import pick_examples
+from dabnet_lib.qualitative import median_index, pick_examples
 from dabnet_lib.reports import MAX_MARKDOWN_COLUMNS, VIEWS, TableView, provenance, rerender_markdown, write_table
 from dabnet_lib.workbook import REPO_ROOT, Layout, notebook_parameters, resolve, training_budget, training_result
 
@@ -76,6 +76,8 @@ def test_pick_examples_best_median_worst() -> None:
     assert picks["name"].tolist() == ["a", "d", "g"]
     small = pick_examples(ranking.iloc[:2], per_group=2)
     assert sorted(small["name"]) == ["a", "b"]  # each image at most once
+    shuffled = ranking.assign(index=[5, 2, 6, 0, 3, 1, 4])  # dataset order differs from rank order
+    assert median_index(shuffled) == 0  # the 4th of 7 by mIoU
 
 
 def test_write_table_with_provenance(tmp_path: Path) -> None:
