@@ -179,12 +179,11 @@ def iou_table_html(df: pd.DataFrame, palette: np.ndarray) -> str:
 def legend_html(info: Any) -> str:
     """The colours the IoU table does not show, on one line: the error layer's and the ignore label's
     (the class colours are the IoU table's swatches: one legend, not two)."""
-    items = [
-        f"<b>error layer</b> {_swatch(ERROR_CORRECT)}correct",
-        f"{_swatch(ERROR_WRONG)}wrong",
-        f"{_swatch(ERROR_IGNORED)}ignored",
-        f"&nbsp;&middot; {_swatch(info.palette[-1])}<i>unlabelled</i>",
-    ]
+    items = [f"<b>error layer</b> {_swatch(ERROR_CORRECT)}correct", f"{_swatch(ERROR_WRONG)}wrong"]
+    if np.array_equal(np.asarray(info.palette[-1]), np.asarray(ERROR_IGNORED)):
+        items.append(f"{_swatch(ERROR_IGNORED)}ignored / <i>unlabelled</i>")
+    else:
+        items += [f"{_swatch(ERROR_IGNORED)}ignored", f"&nbsp;&middot; {_swatch(info.palette[-1])}<i>unlabelled</i>"]
     return "<div style='font-size:12px;white-space:nowrap'>" + " ".join(items) + "</div>"
 
 
