@@ -13,7 +13,7 @@ CAMVID_SOURCE ?= $(if $(wildcard ../shared/data/camvid/train),../shared/data/cam
 DATA_ROOT ?= data/$(DATASET)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data test test-browser gpu-check run-all notebooks nb lab clean
+.PHONY: help setup data test test-browser gpu-check readme-picture run-all notebooks nb lab tensorboard clean
 
 help: ## list the targets
 	@echo "DABNet workbook: make <target> [VAR=value]"
@@ -73,9 +73,21 @@ lab: kernel ## start JupyterLab on 127.0.0.1:LAB_PORT (8888) with the project's 
 	    --ServerApp.port_retries=0 --ServerApp.root_dir="$(CURDIR)" \
 	    --MappingKernelManager.default_kernel_name=$$kernel $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test-browser: kernel ## notebook 05 in JupyterLab in headless Chromium: the viewer responds (installs Debian chromium if missing)
+TB_PORT ?= 6006
+tensorboard: $(STAMP) ## start TensorBoard on 127.0.0.1:TB_PORT (6006) for every run under runs/ (Ctrl-C stops it)
+	@mkdir -p runs
+	@echo "TensorBoard: http://127.0.0.1:$(TB_PORT)/ (runs/; dabnet train and notebook 03 write event files there)"
+	$(VENV)/bin/tensorboard --logdir runs --host 127.0.0.1 --port $(TB_PORT)
+
+test-browser: kernel ## notebooks 05 and 03 in JupyterLab in headless Chromium: the viewer responds, training shows live progress
 	scripts/ensure_chromium.sh
 	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+README_CHECKPOINT ?= reports/checkpoints/dabnet_camvid_cpu.pt
+readme-picture: kernel ## the README's viewer picture (reports/figures/viewer.png) from README_CHECKPOINT, median test image
+	scripts/ensure_chromium.sh
+	DABNET_BROWSER_CHECKPOINT="$(README_CHECKPOINT)" DABNET_BROWSER_PICTURE=reports/figures/viewer.png \
+	  CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest tests/browser -k notebook_05 $(PYTEST_ARGS)
 
 clean: ## remove caches and smoke runs (keeps data/, .venv and reports/)
 	rm -rf .pytest_cache runs/smoke

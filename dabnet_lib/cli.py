@@ -8,6 +8,7 @@ line and exit with status 2; nothing here holds logic a test cannot reach throug
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -65,6 +66,8 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="overrides",
                    help="override any recipe field, e.g. --set val_every=5 --set crop_size=256,320 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="write no TensorBoard event files (default: into OUT, see `make tensorboard`)")
 
 
 def _recipe_from_args(args: argparse.Namespace) -> "Recipe":  # noqa: F821
@@ -83,12 +86,24 @@ def _run_train(args: argparse.Namespace) -> int:
 
     recipe = _recipe_from_args(args)
     out = args.out or f"runs/{args.dataset}_{args.profile}"
+    callbacks = _tensorboard(out, recipe) if args.tensorboard else []
     try:
-        fit(recipe, args.data_root, out, resume=args.resume, device=args.device, quiet=args.quiet)
+        fit(recipe, args.data_root, out, resume=args.resume, device=args.device, quiet=args.quiet, callbacks=callbacks)
     except TrainingInterrupted as exc:
         print(f"dabnet train: interrupted by signal {exc.signum}; resume with --resume --out {out}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def _tensorboard(out: str, recipe: "Recipe") -> list:  # noqa: F821
+    """The TensorBoard callback for ``dabnet train`` (the install hint goes to stderr, from rank 0 only)."""
+    from .tensorboard_log import tensorboard_callbacks
+
+    def hint(msg: str) -> None:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dabnet train: {msg}", file=sys.stderr)
+
+    return tensorboard_callbacks(out, recipe.to_dict(), log=hint)
 
 
 def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -43,7 +43,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ from .model import DABNet, DABNetConfig, load_weights
 from .recipes import Recipe
 from .schedule import WarmupPolyLR
 from .step import autocast_dtype, train_step, training_layout
+from .training_events import IterationInfo, TrainingEvents, close_callbacks, predict_examples
 from .transforms import TrainTransform
 
 DEFAULT_DATA_DIR = Path("data")
@@ -105,12 +106,13 @@ class _Trainer:
 
     def __init__(self, recipe: Recipe, data_root: Path, out_dir: Path, device: torch.device, ctx: D.DistContext,
                  quiet: bool, on_iteration: Callable[[int], None] | None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None, callbacks: Sequence[Any] = (),
                  resume: bool | str | os.PathLike[str] = False) -> None:
         r = self.r = recipe
         self.out, self.dev, self.ctx, self.quiet = out_dir, device, ctx, quiet
         self.hardware = device_label(device)
-        self.main, self.on_iteration, self.on_epoch = ctx.is_main, on_iteration, on_epoch
+        self.main = ctx.is_main
+        self.events = TrainingEvents(callbacks, ctx.is_main, on_iteration, on_epoch)
         self.info = get_info(r.dataset)
         random.seed(r.seed)
         np.random.seed(r.seed)
@@ -367,8 +369,7 @@ class _Trainer:
             if last or self.iteration % every == 0:
                 loss_n += self._read_step_flags(pending)
             self.acc["images"] += images.shape[0] * self.ctx.world_size
-            if self.on_iteration is not None:
-                self.on_iteration(self.iteration)
+            self.events.iteration(self._iteration_info(loss, applied, images.shape[0] * self.ctx.world_size))
             self._eta_tick()
             if self.tuner is not None:
                 now = time.perf_counter()
@@ -494,8 +495,18 @@ class _Trainer:
         skipped = f" ({row['skipped_steps']} non-finite steps skipped)" if row["skipped_steps"] else ""
         self.log(f"epoch {row['epoch']}: loss {loss}{skipped}, lr {row['lr']:.2e}, "
                  f"{'-' if ips is None else f'{ips:.1f}'} img/s, {row['elapsed_s'] / 60:.1f} min{val}")
-        if self.on_epoch is not None:
-            self.on_epoch(row)
+        self.events.epoch(row, self._val_examples)
+
+    def _iteration_info(self, loss: torch.Tensor, applied: bool, images: int) -> IterationInfo:
+        return {"iteration": self.iteration, "total_iters": self.total, "epoch": self.epoch, "iters_per_epoch": self.ipe,
+                "loss": loss.detach(), "applied": applied, "lr": self.opt.param_groups[0]["lr"], "images": images,
+                "elapsed_s": self.elapsed, "budget_s": self.budget_s}
+
+    def _val_examples(self, count: int) -> list[Any]:
+        """``count`` predictions of the current model on the validation split (for TensorBoard)."""
+        if self.val_ds is None:
+            return []
+        return predict_examples(self.net, self.val_ds, count, self.mean, self.std, self.dev, self.r.val_scale)
 
     def _finished(self) -> bool:
         return (self.epoch >= self.r.epochs or self.iteration >= self.total
@@ -575,14 +586,16 @@ class _Trainer:
 def fit(recipe: Recipe, data_root: str | os.PathLike[str] | None = None, out_dir: str | os.PathLike[str] = "runs/run",
         resume: bool | str | os.PathLike[str] = False, device: str = "auto", quiet: bool = False,
         on_iteration: Callable[[int], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train ``recipe`` on ``data_root`` (default ``data/<dataset>``) into ``out_dir``; returns a summary
     (paths ``last``/``best``/``result``, ``epochs``, ``iterations``, ``elapsed_s``, ``images_per_s``,
     ``stopped_by``, ``best_val_miou``, ``weights_digest``, ``metrics`` rows, ...).
 
     resume: False (new run), True (``out_dir/last.pt`` must exist), ``"auto"`` (resume when it exists)
     or a checkpoint path. device: ``auto`` | ``cpu`` | ``cuda`` (overrides ``recipe.device``).
-    on_iteration(iteration) / on_epoch(metrics row): optional hooks for notebooks and tests.
+    on_iteration(iteration) / on_epoch(metrics row): optional hooks for tests (every rank).
+    callbacks: progress listeners on rank 0 (TensorBoard, the notebook's live view; see
+    :mod:`dabnet_lib.training_events`), each closed when ``fit`` returns or raises.
     Under ``torchrun`` every rank calls this; only rank 0 writes files and logs. SIGINT/SIGTERM raise
     :class:`TrainingInterrupted` after saving ``last.pt``.
     """
@@ -590,7 +603,11 @@ def fit(recipe: Recipe, data_root: str | os.PathLike[str] | None = None, out_dir
     ctx = D.setup(dev)
     try:
         trainer = _Trainer(recipe, Path(data_root) if data_root else default_data_root(recipe.dataset),
-                           Path(out_dir), D.device_for(ctx, dev), ctx, quiet, on_iteration, on_epoch, resume)
+                           Path(out_dir), D.device_for(ctx, dev), ctx, quiet, on_iteration, on_epoch, callbacks,
+                           resume)
         return trainer.run()
     finally:
-        D.teardown(ctx)
+        try:
+            close_callbacks(callbacks if ctx.is_main else ())
+        finally:
+            D.teardown(ctx)

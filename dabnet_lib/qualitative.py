@@ -48,6 +48,14 @@ def pick_examples(ranking: pd.DataFrame, per_group: int = 1) -> pd.DataFrame:
     return pd.concat(picked, ignore_index=True)
 
 
+def median_index(ranking: pd.DataFrame) -> int:
+    """Dataset index of the median image of a :func:`rank_images` table (by per-image mIoU; the
+    upper median for an even count): what the viewer opens on, a typical picture rather than the best."""
+    if ranking.empty:
+        raise ValueError("median_index: the ranking has no images")
+    return int(ranking["index"].iloc[len(ranking) // 2])
+
+
 def example_rows(predictor: Predictor, dataset: SegmentationDataset, picks: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows for :func:`dabnet_lib.visualize.sample_grid`: image, label, prediction and a title."""
     rows = []

@@ -4,7 +4,8 @@
   and one sample: testable without widgets or a browser.
 - :func:`per_image_iou` -- the per-class IoU of one image as a DataFrame.
 - :class:`PredictionViewer` -- the widget: split dropdown, image slider (+ prev/next), layer toggle,
-  opacity slider, highlighted class, legend, the rendered PNG and the per-image IoU table. Every
+  opacity slider, highlighted class, the rendered PNG, the per-image IoU table (whose swatches are
+  the class legend) and a one-line key of the error layer's colours. Every
   widget callback calls :meth:`PredictionViewer.set`, so driving ``.set(...)`` from Python takes
   exactly the path a click takes. Stable DOM classes (``dabnet-viewer-*``) let a browser test find
   the parts.
@@ -176,18 +177,14 @@ def iou_table_html(df: pd.DataFrame, palette: np.ndarray) -> str:
 
 
 def legend_html(info: Any) -> str:
-    """HTML legend: one colour swatch per class, the ignore colour, and the error-layer colours."""
-    items = [f"{_swatch(info.palette[i])}{html.escape(str(n))}" for i, n in enumerate(info.classes)]
-    items.append(f"{_swatch(info.palette[-1])}<i>ignore</i>")
-    errors = [
-        f"{_swatch(ERROR_CORRECT)}correct",
-        f"{_swatch(ERROR_WRONG)}wrong",
-        f"{_swatch(ERROR_IGNORED)}ignored",
-    ]
-    return (
-        "<div style='font-size:12px;line-height:1.7'>" + "<br>".join(items)
-        + "<hr style='margin:4px 0'><b>error layer</b><br>" + "<br>".join(errors) + "</div>"
-    )
+    """The colours the IoU table does not show, on one line: the error layer's and the ignore label's
+    (the class colours are the IoU table's swatches: one legend, not two)."""
+    items = [f"<b>error layer</b> {_swatch(ERROR_CORRECT)}correct", f"{_swatch(ERROR_WRONG)}wrong"]
+    if np.array_equal(np.asarray(info.palette[-1]), np.asarray(ERROR_IGNORED)):
+        items.append(f"{_swatch(ERROR_IGNORED)}ignored / <i>unlabelled</i>")
+    else:
+        items += [f"{_swatch(ERROR_IGNORED)}ignored", f"&nbsp;&middot; {_swatch(info.palette[-1])}<i>unlabelled</i>"]
+    return "<div style='font-size:12px;white-space:nowrap'>" + " ".join(items) + "</div>"
 
 
 class PredictionViewer:
@@ -197,7 +194,7 @@ class PredictionViewer:
         datasets: split name -> dataset (``load(i)``, ``name(i)``, ``len``, ``info``); all share one info.
         predict: ``image uint8 (H, W, 3) RGB -> (H, W)`` class ids (e.g. ``Predictor.predict``).
             Called once per (split, index); results are cached.
-        split, layer, opacity: initial state (split defaults to the first key).
+        split, index, layer, opacity: initial state (split defaults to the first key, index to 0).
         max_width: images wider than this are downscaled for display only (pixels).
     """
 
@@ -207,6 +204,7 @@ class PredictionViewer:
         predict: Callable[[np.ndarray], np.ndarray],
         *,
         split: str | None = None,
+        index: int = 0,
         layer: str = "prediction",
         opacity: float = 0.6,
         max_width: int | None = 1024,
@@ -227,7 +225,8 @@ class PredictionViewer:
         self._iou: tuple[tuple[str, int], pd.DataFrame] | None = None
         self._rendered: np.ndarray | None = None
         self._syncing = False
-        state = ViewerState(split=split or next(iter(self.datasets)), layer=layer, opacity=float(opacity))
+        state = ViewerState(split=split or next(iter(self.datasets)), index=int(index), layer=layer,
+                            opacity=float(opacity))
         self._validate(state)
         self.state = state
         self._build_widgets()
@@ -332,7 +331,9 @@ class PredictionViewer:
         self.controls: dict[str, Any] = {
             "split": w.Dropdown(options=list(self.datasets), value=s.split, description="split"),
             "index": w.IntSlider(value=s.index, min=0, max=n - 1, description="image", continuous_update=False),
-            "layer": w.ToggleButtons(options=list(LAYERS), value=s.layer, style={"button_width": "96px"}),
+            # buttons as wide as their labels, the row as wide as the buttons: one row, full labels
+            "layer": w.ToggleButtons(options=list(LAYERS), value=s.layer, style={"button_width": "auto"},
+                                     layout=w.Layout(width="max-content")),
             "opacity": w.FloatSlider(value=s.opacity, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False),
             "highlight": w.Dropdown(
                 options=[("(none)", NO_HIGHLIGHT)] + [(str(c), i) for i, c in enumerate(self.info.classes)],
@@ -364,11 +365,13 @@ class PredictionViewer:
         self.widget = w.VBox(
             [
                 w.HBox([c["split"], self.prev_button, c["index"], self.next_button]),
-                w.HBox([c["layer"], c["opacity"], c["highlight"]]),
+                w.HBox([c["layer"]]),
+                w.HBox([c["opacity"], c["highlight"]]),
                 self.status_widget,
                 self.error_widget,
-                w.HBox([self.image_widget, w.VBox([self.iou_widget, self.legend_widget])],
+                w.HBox([self.image_widget, self.iou_widget],
                        layout=w.Layout(align_items="flex-start")),  # never stretch the image
+                self.legend_widget,
             ]
         )
         self.widget.add_class("dabnet-viewer")

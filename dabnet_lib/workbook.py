@@ -5,6 +5,12 @@ notebooks/03_training.ipynb into ``<reports>/notebooks/03_training.ipynb``. Exec
 ``*.partial.ipynb`` first; success renames it into place, failure keeps it as ``*.failed.ipynb``
 (the partial output, for reading) and exits non-zero naming the notebook, so an executed copy
 exists only for notebooks that completed and make's freshness check stays truthful.
+
+Parameters are checked against the notebook's ``parameters`` cell before anything runs: an unknown
+name, or a value whose type differs from the cell's default (or its annotation, e.g.
+``variants = "all"  # type: str|list``), stops with one line naming it, the closest valid name and the
+full list (exit 2). Executed copies get ``live=False`` where the notebook has that parameter (no
+progress widgets or live figures in a saved copy; see :mod:`dabnet_lib.live_progress`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from .errors import DabnetError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -88,6 +96,66 @@ class NotebookFailed(RuntimeError):
     """A notebook raised; the message names it and the file holding its partial output."""
 
 
+class ParameterError(DabnetError, ValueError):
+    """A parameter the notebook does not declare, or a value of the wrong type (nothing was executed)."""
+
+
+#: Python types by the names a default's type or an annotation uses.
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
+                                       "list": (list, tuple), "tuple": (tuple, list), "dict": (dict,),
+                                       "None": (type(None),)}
+
+
+def declared_parameters(name: str) -> dict[str, dict[str, Any]]:
+    """The ``parameters`` cell of ``notebooks/<name>.ipynb`` (papermill's inspection: name ->
+    ``{"default", "inferred_type_name", "help"}``)."""
+    import papermill as pm
+
+    return dict(pm.inspect_notebook(str(NOTEBOOK_DIR / f"{resolve(name)}.ipynb")))
+
+
+def _allowed_types(spec: Mapping[str, Any]) -> tuple[str, tuple[type, ...]] | None:
+    """``(type text, types)`` a parameter accepts: its annotation (``str | list``) or its default's
+    type; None = any (default None, or a type this check does not know)."""
+    import ast
+
+    annotated = str(spec.get("inferred_type_name") or "None")
+    if annotated != "None":
+        names = [part.strip().strip("'\"") for part in annotated.split("|")]
+    else:
+        try:
+            default = ast.literal_eval(str(spec.get("default")))
+        except (ValueError, SyntaxError):
+            return None
+        names = [] if default is None else [type(default).__name__]
+    if not names or not all(n in _TYPES for n in names):
+        return None
+    return " | ".join(names), tuple(t for n in names for t in _TYPES[n])
+
+
+def check_parameters(name: str, parameters: Mapping[str, Any],
+                     declared: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Raise :class:`ParameterError` (one line) for a parameter ``notebooks/<name>`` does not declare or
+    a value of another type than its declaration shows (an int is accepted for a float)."""
+    import difflib
+
+    name = resolve(name)
+    declared = declared_parameters(name) if declared is None else declared
+    valid = ", ".join(declared)
+    for key, value in parameters.items():
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ParameterError(f"notebook {name} has no parameter {key!r}: {hint}valid: {valid}")
+        allowed = _allowed_types(declared[key])
+        if allowed is None:
+            continue
+        kind, types = allowed
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ParameterError(f"notebook {name}: parameter {key!r} takes {kind} (default "
+                                 f"{declared[key].get('default')}), got {type(value).__name__} {value!r}; valid: {valid}")
+
+
 def resolve(name: str) -> str:
     """Accept ``03``, ``3``, ``03_training`` or ``03_training.ipynb``; return the full stem."""
     stem = Path(name).stem
@@ -148,10 +216,14 @@ def _kernel_name() -> str:
 
 def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path,
                  progress: bool = True) -> Path:
-    """Execute ``notebooks/<name>.ipynb`` with ``parameters`` into ``out_dir/<name>.ipynb``."""
+    """Execute ``notebooks/<name>.ipynb`` with ``parameters`` into ``out_dir/<name>.ipynb`` (checked first:
+    :func:`check_parameters`; ``live`` defaults to False in an executed copy)."""
     import papermill as pm
 
     name = resolve(name)
+    declared = declared_parameters(name)
+    check_parameters(name, parameters, declared)
+    parameters = {**({"live": False} if "live" in declared else {}), **parameters}
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}.ipynb"
     partial = out_dir / f"{name}.partial.ipynb"
@@ -209,9 +281,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = dict(_parse_param(p) for p in args.param)
     params = notebook_parameters(args.notebook, args.profile, args.dataset, layout, args.data_root, args.seed, extra)
     name = resolve(args.notebook)
+    try:
+        check_parameters(name, params)  # before anything runs or is printed
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"== {name} (profile={args.profile}, dataset={args.dataset}) -> {layout.reports / 'notebooks'}", flush=True)
     try:
         out = run_notebook(name, params, layout.reports / "notebooks", progress=not args.quiet)
+    except ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except NotebookFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

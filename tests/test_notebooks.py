@@ -14,13 +14,13 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from dabnet_lib.workbook import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, run_notebook
+from dabnet_lib.workbook import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, ParameterError, main, run_notebook
 
 COMMON_PARAMETERS = {"dataset", "data_root", "profile", "run_dir", "reports_dir", "seed"}
 OWN_PARAMETERS = {
     "01_data_exploration": {"max_images"},
     "02_dab_ablations": {"variants", "iters_per_variant", "noise_seeds"},
-    "03_training": {"overrides", "publish_checkpoint"},
+    "03_training": {"overrides", "publish_checkpoint", "live"},
     "04_evaluation": {"checkpoint", "split", "limit"},
     "05_qualitative_results": {"checkpoint", "split", "per_group", "limit"},
     "06_fps_profiling": {"checkpoint", "variants", "sizes", "batches", "threads", "device"},
@@ -92,6 +92,52 @@ def test_smoke_tables_hold_measured_values(smoke_run: dict[str, Path]) -> None:
     assert {"mIoU (standard)", "mIoU (official rule)"} <= set(evaluation["class"])
     fps = pd.read_csv(reports / "fps.csv")
     assert "eager" in set(fps["variant"]) and (fps.loc[fps["variant"] == "eager", "fps"] > 0).all()
+
+
+def test_executed_training_notebook_stays_small(smoke_run: dict[str, Path]) -> None:
+    """An executed copy gets live=False: no progress widget, no live figure, a few text lines."""
+    path = smoke_run["03_training"]
+    book = nbformat.read(path, as_version=4)
+    streams = [o.get("text", "") for c in book.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"]
+    lines = "".join(streams).splitlines()
+    assert 3 <= sum(" iteration " in line for line in lines) <= 12, lines
+    assert len(lines) < 40, lines
+    assert "application/vnd.jupyter.widget-view+json" not in _outputs(path)
+    assert "dabnet-live-plot" not in _outputs(path)
+    assert path.stat().st_size < 300_000
+    assert list((smoke_run["base"] / "runs" / "train").glob("events.out.tfevents.*"))  # TensorBoard too
+
+
+@pytest.mark.parametrize("param, message", [
+    ("limti=3", "notebook 04_evaluation has no parameter 'limti': did you mean 'limit'? valid: dataset, data_root, "
+                "profile, run_dir, reports_dir, seed, checkpoint, split, limit"),
+    ("split=3", "notebook 04_evaluation: parameter 'split' takes str (default \"test\"), got int 3; valid: "),
+    ("seed=1.5", "parameter 'seed' takes int (default 0), got float 1.5"),
+    ("seed=True", "parameter 'seed' takes int (default 0), got bool True"),
+])
+def test_workbook_checks_parameters_before_running(param: str, message: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    argv = ["run", "04", "--profile", "smoke", "--reports", str(tmp_path / "reports"), "-p", param]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "reports").exists()  # nothing executed, nothing written
+
+
+def test_parameter_annotations_and_float_defaults() -> None:
+    from dabnet_lib.workbook import check_parameters
+
+    declared = {"variants": {"default": '"all"', "inferred_type_name": "str|list"},
+                "lr": {"default": "0.001", "inferred_type_name": "None"},
+                "limit": {"default": "None", "inferred_type_name": "None"}}
+    check_parameters("02", {"variants": ["paper", "local_only"], "lr": 2}, declared)  # int is fine for a float
+    check_parameters("02", {"limit": 3}, declared)  # a None default shows no type: any value
+    with pytest.raises(ParameterError, match="takes str | list"):
+        check_parameters("02", {"variants": 3}, declared)
+    with pytest.raises(ParameterError, match="'lr' takes float"):
+        check_parameters("02", {"lr": "fast"}, declared)
+    with pytest.raises(ParameterError, match="no parameter 'variant': did you mean 'variants'"):
+        check_parameters("02", {"variant": "all"}, declared)
 
 
 def test_viewer_runs_under_papermill(smoke_run: dict[str, Path]) -> None:

@@ -20,7 +20,7 @@ from dabnet_lib.viewer import (
     per_image_iou,
     render,
 )
-from dabnet_lib.visualize import colorize, error_map, overlay
+from dabnet_lib.visualize import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
 
 from fakes import FakeInfo
 
@@ -172,10 +172,24 @@ def test_viewer_initial_picture_and_controls():
     np.testing.assert_array_equal(_png(viewer), viewer.current_image())
     assert "val_000" in viewer.status_widget.value
     assert predict.calls == 1
-    # the legend names every class with its colour
+    # one legend: the IoU table names every class with its colour; the key below holds the other colours
     for name, rgb in zip(INFO.classes, INFO.palette):
-        assert name in viewer.legend_widget.value
+        assert name in viewer.iou_widget.value and name not in viewer.legend_widget.value
+        assert f"rgb({rgb[0]},{rgb[1]},{rgb[2]})" in viewer.iou_widget.value
+    for rgb in (ERROR_CORRECT, ERROR_WRONG, ERROR_IGNORED):
         assert f"rgb({rgb[0]},{rgb[1]},{rgb[2]})" in viewer.legend_widget.value
+    # the layer toggle has a row of its own, its buttons as wide as their labels
+    rows = viewer.widget.children
+    assert any(list(row.children) == [c["layer"]] for row in rows if hasattr(row, "children"))
+    assert c["layer"].style.button_width == "auto"
+
+
+def test_viewer_can_open_on_any_image():
+    viewer, _, _ = _viewer(index=2)
+    assert viewer.state.index == 2 and viewer.controls["index"].value == 2
+    assert "val_002" in viewer.status_widget.value
+    with pytest.raises(ViewerError, match="out of range"):
+        _viewer(index=4)
 
 
 def test_viewer_iou_table_shows_percentages():

@@ -15,8 +15,8 @@ from dabnet_lib.ablations import VARIANTS, ablation_recipe, add_noise_verdict
 from dabnet_lib.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model import DABNet, count_parameters
-from dabnet_lib.qualitative import pick_examples
-from dabnet_lib.reports import provenance, write_table
+from dabnet_lib.qualitative import median_index, pick_examples
+from dabnet_lib.reports import MAX_MARKDOWN_COLUMNS, VIEWS, TableView, provenance, rerender_markdown, write_table
 from dabnet_lib.workbook import REPO_ROOT, Layout, notebook_parameters, resolve, training_budget, training_result
 
 
@@ -76,6 +76,8 @@ def test_pick_examples_best_median_worst() -> None:
     assert picks["name"].tolist() == ["a", "d", "g"]
     small = pick_examples(ranking.iloc[:2], per_group=2)
     assert sorted(small["name"]) == ["a", "b"]  # each image at most once
+    shuffled = ranking.assign(index=[5, 2, 6, 0, 3, 1, 4])  # dataset order differs from rank order
+    assert median_index(shuffled) == 0  # the 4th of 7 by mIoU
 
 
 def test_write_table_with_provenance(tmp_path: Path) -> None:
@@ -87,6 +89,54 @@ def test_write_table_with_provenance(tmp_path: Path) -> None:
     for key in ("profile", "budget", "hardware", "date", "commit", "command"):
         assert f"**{key}**" in text
     assert "51.23" in text and "—" in text and "- a note" in text
+
+
+def _markdown_tables(text: str) -> list[list[str]]:
+    """The header cells of every pipe table in a Markdown text."""
+    lines = text.splitlines()
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line, below in zip(lines, lines[1:]) if line.startswith("|") and below.startswith(("|:", "|-"))]
+
+
+def test_a_view_shows_the_readers_columns_and_moves_shared_facts_up(tmp_path: Path) -> None:
+    df = pd.DataFrame({"variant": ["eager", "int8", "paper"], "ms": [55.0, 20.8, float("nan")],
+                       "device": ["Xeon", "Xeon", None], "threads": [2.0, 2.0, float("nan")],
+                       "load": [0.5, 1.25, float("nan")], "build_s": [0.1, 33.0, float("nan")],
+                       "error": [None, "RuntimeError: no int8 kernel", None]})
+    view = TableView(("variant", "ms"), facts=("device", "threads", "load"), problems="error")
+    csv, md = write_table(df, tmp_path / "speed", provenance("smoke", "1 call", "make nb N=06"), "Speed",
+                          ["a note"], view=view)
+    assert list(pd.read_csv(csv).columns) == list(df.columns)  # the .csv keeps everything
+    text = md.read_text()
+    assert _markdown_tables(text) == [["variant", "ms"]]
+    assert "- **device**: Xeon" in text and "- **threads**: 2\n" in text and "- **load**: 0.5–1.25" in text
+    assert "- **table**: 2 of 7 columns; every column in `speed.csv`" in text
+    assert "- error: int8, 20.8: RuntimeError: no int8 kernel" in text and "- a note" in text
+    assert "build_s" not in text
+    # rebuilt from the .csv and its own header: the same file, provenance kept
+    before = text
+    md.write_text(text.replace("- **load**: 0.5–1.25\n", ""))
+    VIEWS["speed"] = view
+    try:
+        assert rerender_markdown(tmp_path / "speed").read_text() == before
+    finally:
+        del VIEWS["speed"]
+
+
+def test_committed_report_tables_stay_readable() -> None:
+    """Every committed reports/*.md table has at most MAX_MARKDOWN_COLUMNS columns, keeps its provenance,
+    and is what its .csv renders to under the current view (no stale .md)."""
+    reports = sorted((REPO_ROOT / "reports").glob("*.md"))
+    assert {p.stem for p in reports} >= {"fps", "ablations", "evaluation", "data_classes"}
+    for md in reports:
+        text = md.read_text()
+        tables = _markdown_tables(text)
+        assert tables and all(len(t) <= MAX_MARKDOWN_COLUMNS for t in tables), (md.name, [len(t) for t in tables])
+        for key in ("profile", "budget", "hardware", "date", "commit", "command"):
+            assert f"- **{key}**:" in text, (md.name, key)
+        if md.stem in VIEWS:
+            assert _markdown_tables(text)[0] == [c for c in VIEWS[md.stem].columns
+                                                 if c in pd.read_csv(md.with_suffix(".csv")).columns]
 
 
 def test_training_result_and_budget(tmp_path: Path) -> None:

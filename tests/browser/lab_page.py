@@ -73,6 +73,27 @@ class NotebookPage:
         return [t for t in loc.all_inner_texts() if "Traceback (most recent call last)" in t]
 
 
+class LiveTrainingDriver:
+    """The live training view of notebook 03: tqdm's notebook bar and the figure updated in place."""
+
+    BAR = ".jp-OutputArea-output .widget-hprogress"
+    PLOT = "img.dabnet-live-plot"  # dabnet_lib.live_progress.LIVE_PLOT_CLASS
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+    def bar_text(self) -> str:
+        """The text beside the progress bar (``4/4 [00:03<00:00, ..., loss=..., lr=..., img/s=...]``)."""
+        hbox = self.page.locator(f"{self.BAR}").first.locator("xpath=..")
+        return " ".join(t.strip() for t in hbox.all_inner_texts())
+
+    def plots(self) -> list[dict[str, Any]]:
+        """Every live figure in the page: its update counter and the length of its picture data."""
+        return list(self.page.locator(self.PLOT).evaluate_all(
+            "imgs => imgs.map(i => ({updates: Number(i.dataset.updates), bytes: i.src.length,"
+            " loaded: i.complete && i.naturalWidth > 0}))"))
+
+
 class ViewerDriver:
     """The prediction viewer's widgets in the page, found by their ``dabnet-viewer-*`` DOM classes."""
 
@@ -154,6 +175,15 @@ class ViewerDriver:
         buttons = self.page.locator(f"{self.LAYER} button")
         return [(b.inner_text().strip(), "mod-active" in (b.get_attribute("class") or ""))
                 for b in buttons.all()]
+
+    def layer_boxes(self) -> list[dict[str, Any]]:
+        """Each layer button's label, bounding box (``x``, ``y``, ``w``, ``h`` in CSS pixels) and whether
+        its label is cut (the text needs more width than the button gives it)."""
+        return list(self.page.locator(f"{self.LAYER} button").evaluate_all(
+            "buttons => buttons.map(b => { const r = b.getBoundingClientRect();"
+            " const inner = b.querySelector('.widget-label-basic') || b;"
+            " return {label: b.innerText.trim(), x: r.x, y: r.y, w: r.width, h: r.height,"
+            " cut: inner.scrollWidth > inner.clientWidth + 1 || b.scrollWidth > b.clientWidth + 1}; })"))
 
     def click_layer(self, label: str) -> None:
         self.page.locator(f"{self.LAYER} button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")).click()
