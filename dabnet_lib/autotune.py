@@ -385,3 +385,8 @@ def choose(amp: str, channels_last: bool | str, compile: bool | str, device: tor
     if use_cache:
         store_choice(path, key, choice)
     return choice
+
+
+def choice_lines(choice: Mapping[str, Any]) -> list[str]:
+    """:meth:`TrainingChoice.describe` of a stored choice (``summary.json``'s ``training_choice``)."""
+    return TrainingChoice.from_dict(choice).describe()
