@@ -435,8 +435,41 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_ops(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("bench-ops", help="training step: stock ops vs the fast exact ops (dabnet_lib.fast_ops)",
+                       description="Time one DABNet training step (forward + class-weighted CE + backward + Adam, "
+                                   "synthetic images) built from the stock ops and from the fast ops, interleaved "
+                                   "in rounds in the same run, and print the ratio against the 1.3x target.")
+    p.add_argument("--input-size", type=_profiling_hw, default=(180, 240), metavar="H,W", help="default 180,240")
+    p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--amp", choices=("off", "bf16"), default="off", help="off = fp32 (default), bf16 = CPU autocast")
+    p.add_argument("--channels-last", action="store_true", help="model and images in channels_last")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--iters", type=int, default=3, help="timed steps per model and round (default 3)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_bench_ops(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench_ops import bench_fast_ops, format_bench_ops
+
+    if args.amp == "bf16":
+        import torch
+
+        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise DabnetError("--amp bf16: this CPU has no bf16 units (oneDNN reports no bf16 support): use --amp off")
+    result = bench_fast_ops(args.input_size, args.batch, args.threads, args.amp, args.channels_last,
+                            args.rounds, args.iters, args.warmup)
+    print(json.dumps(result) if args.json else format_bench_ops(result))
+    return 0
+
+
 _COMMANDS["fps"] = (_add_fps, _run_fps)
 _COMMANDS["export"] = (_add_export, _run_export)
+_COMMANDS["bench-ops"] = (_add_bench_ops, _run_bench_ops)
 
 
 # ----------------------------------------------------------------- entry point
