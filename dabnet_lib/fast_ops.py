@@ -43,12 +43,17 @@ def _tap_windows(size: int, offset: int) -> tuple[slice, slice]:
     return slice(max(0, -offset), max(0, -offset) + n), slice(max(0, offset), max(0, offset) + n)
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of a reduction: float32 for bf16/fp16 inputs, else the input's own."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight_shape: torch.Size,
                            padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     """Weight gradient ``(C, 1, kh, kw)`` of a stride-1 depth-wise conv, one reduction per tap.
 
     grad, x: ``(N, C, H, W)`` (output gradient and input, same shape for "same" padding). Sums are
-    accumulated in float32 and returned in ``x``'s dtype.
+    accumulated in at least float32 (:func:`_acc_dtype`) and returned in ``x``'s dtype.
     """
     _, _, kh, kw = weight_shape
     h, w = x.shape[-2:]
@@ -59,9 +64,10 @@ def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight_shape: to
             out_w, in_w = _tap_windows(w, j * dilation[1] - padding[1])
             g, xs = grad[:, :, out_h, out_w], x[:, :, in_h, in_w]
             if g.numel() == 0:  # the tap never overlaps the image (dilation >= size)
-                taps.append(grad.new_zeros(grad.shape[1], dtype=torch.float32))
+                taps.append(grad.new_zeros(grad.shape[1], dtype=_acc_dtype(x.dtype)))
             else:
-                taps.append((g * xs).sum((0, 2, 3), dtype=torch.float32))
+                acc = _acc_dtype(x.dtype)  # bf16: products in float32 too, as oneDNN's bf16 kernels do
+                taps.append((g.to(acc) * xs.to(acc)).sum((0, 2, 3)))
     return torch.stack(taps, 1).to(x.dtype).reshape(weight_shape)
 
 
@@ -84,7 +90,7 @@ class _DilatedDepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = _depthwise_weight_grad(grad, x, weight.shape, ctx.padding, ctx.dilation)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
+            grad_b = grad.sum((0, 2, 3), dtype=_acc_dtype(grad.dtype)).to(grad.dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -150,7 +156,7 @@ class _PReLUFn(torch.autograd.Function):
         grad_w = None
         if ctx.needs_input_grad[1]:
             dims = [d for d in range(x.dim()) if not (weight.numel() > 1 and d == 1)]
-            grad_w = (negative * x).sum(dims, dtype=torch.float32).reshape(weight.shape).to(weight.dtype)
+            grad_w = (negative * x).sum(dims, dtype=_acc_dtype(x.dtype)).reshape(weight.shape).to(weight.dtype)
         return grad_x, grad_w
 
 
