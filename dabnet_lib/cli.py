@@ -375,6 +375,7 @@ def _run_fps(args: argparse.Namespace) -> int:
     import json
 
     from .datasets import get_info
+    from .inference_variants import INT8_VARIANTS
     from .profiling import benchmark, calibration_images, describe, format_table, parse_variants, target_verdicts
 
     if args.val_miou and not args.checkpoint:
@@ -384,7 +385,7 @@ def _run_fps(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: print(f"dabnet fps: {msg}", file=sys.stderr, flush=True))
     calibration = check = None
     calibration_error = None
-    if "int8" in parse_variants(args.variants):
+    if set(INT8_VARIANTS) & set(parse_variants(args.variants)):
         dataset = ckpt.get("dataset") or "camvid"
         mean = ckpt.get("mean") or get_info(dataset).official_mean
         try:
@@ -403,10 +404,10 @@ def _run_fps(args: argparse.Namespace) -> int:
     else:
         print("\n".join(info["lines"]))
         print(format_table(rows))
-        print("\n".join(target_verdicts(rows)))
+        print("\n".join(target_verdicts(rows, info["gflops"])))
     if args.val_miou:
         _print_val_miou(args)
-    failed = [r["variant"] for r in rows if r["variant"] != "int8" and r["parity_ok"] is False]
+    failed = [r["variant"] for r in rows if r["variant"] not in INT8_VARIANTS and r["parity_ok"] is False]
     if failed:
         print(f"dabnet fps: parity check FAILED for {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
@@ -414,20 +415,28 @@ def _run_fps(args: argparse.Namespace) -> int:
 
 def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser(
-        "export", help="export the model to ONNX, checked in onnxruntime before it is written",
-        description="Export to ONNX (dynamic batch, height, width), run it in onnxruntime and compare with "
-                    "PyTorch (max relative logit difference <= 1e-3) before writing --out atomically.")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
-    p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. dabnet.onnx")
+        "export", help="export the model to ONNX or OpenVINO IR, checked against PyTorch before it is written",
+        description="Export to ONNX or OpenVINO IR (dynamic batch, height, width), run it in onnxruntime or "
+                    "OpenVINO and compare with PyTorch (max relative logit difference <= 1e-3) before writing "
+                    "--out atomically (OpenVINO: --out is the .xml; the weights go beside it as .bin).")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx", help="output format (default onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. dabnet.onnx or dabnet.xml")
     p.add_argument("--input-size", type=_profiling_hw, default=(360, 480), metavar="H,W",
                    help="size traced and checked (the file accepts any size; default 360,480)")
     _add_profiling_common(p)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .profiling import export_onnx
+    from .profiling import export_onnx, export_openvino
 
     model, _ckpt, weights = _profiling_model(args)
+    if args.format == "openvino":
+        result = export_openvino(model, args.out, args.input_size, threads=args.threads)
+        h, w = result["input_size"]
+        print(f"wrote {result['path']} and {result['bin_path']} ({result['bytes'] / 1e6:.2f} MB, OpenVINO IR, "
+              f"{weights}); OpenVINO matches PyTorch at {h}x{w}: max relative logit difference "
+              f"{result['max_rel_diff']:.1e}")
+        return 0
     result = export_onnx(model, args.out, args.input_size, threads=args.threads)
     h, w = result["input_size"]
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.2f} MB, ONNX opset {result['opset']}, {weights}); "
