@@ -55,7 +55,7 @@ FP32_TOLERANCE = 1e-3  # max relative logit difference allowed for fp32 variants
 INT8_MIN_AGREEMENT = 90.0  # % of pixels whose predicted label must match eager for "ok"
 ONNX_OPSET = 17
 TORCHAO_PIP = "torchao==0.18.0"  # the version checked against torch 2.13 here
-OPENVINO_PIP = "pip install 'dabnet[openvino]' (openvino==2026.4.1 nncf==3.4.0)"  # pyproject's openvino extra
+OPENVINO_PIP = "pip install openvino==2026.4.1 nncf==3.4.0 (or pip install -e '.[openvino]')"  # pyproject's extra
 
 
 class VariantError(DabnetError):
