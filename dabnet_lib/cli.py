@@ -420,6 +420,7 @@ def _run_fps(args: argparse.Namespace) -> int:
     import json
 
     from .datasets import get_info
+    from .inference_variants import INT8_VARIANTS
     from .profiling import benchmark, calibration_images, describe, format_table, parse_variants, target_verdicts
 
     if args.val_miou and not args.checkpoint:
@@ -434,7 +435,7 @@ def _run_fps(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda msg: print(f"dabnet fps: {msg}", file=sys.stderr, flush=True))
     calibration = check = None
     calibration_error = None
-    if on_cpu and "int8" in parse_variants(args.variants):
+    if on_cpu and set(INT8_VARIANTS) & set(parse_variants(args.variants)):
         dataset = ckpt.get("dataset") or "camvid"
         mean = ckpt.get("mean") or get_info(dataset).official_mean
         try:
@@ -454,10 +455,10 @@ def _run_fps(args: argparse.Namespace) -> int:
         print("\n".join(info["lines"]))
         print(format_table(rows))
         if on_cpu:  # the speed targets are CPU targets
-            print("\n".join(target_verdicts(rows)))
+            print("\n".join(target_verdicts(rows, info["gflops"])))
     if args.val_miou:
         _print_val_miou(args)
-    failed = [r["variant"] for r in rows if r["variant"] != "int8" and r["parity_ok"] is False]
+    failed = [r["variant"] for r in rows if r["variant"] not in INT8_VARIANTS and r["parity_ok"] is False]
     if failed:
         print(f"dabnet fps: parity check FAILED for {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
@@ -465,20 +466,28 @@ def _run_fps(args: argparse.Namespace) -> int:
 
 def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = sub.add_parser(
-        "export", help="export the model to ONNX, checked in onnxruntime before it is written",
-        description="Export to ONNX (dynamic batch, height, width), run it in onnxruntime and compare with "
-                    "PyTorch (max relative logit difference <= 1e-3) before writing --out atomically.")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format (only onnx)")
-    p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. dabnet.onnx")
+        "export", help="export the model to ONNX or OpenVINO IR, checked against PyTorch before it is written",
+        description="Export to ONNX or OpenVINO IR (dynamic batch, height, width), run it in onnxruntime or "
+                    "OpenVINO and compare with PyTorch (max relative logit difference <= 1e-3) before writing "
+                    "--out atomically (OpenVINO: --out is the .xml; the weights go beside it as .bin).")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx", help="output format (default onnx)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write, e.g. dabnet.onnx or dabnet.xml")
     p.add_argument("--input-size", type=_profiling_hw, default=(360, 480), metavar="H,W",
                    help="size traced and checked (the file accepts any size; default 360,480)")
     _add_profiling_common(p)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .profiling import export_onnx
+    from .profiling import export_onnx, export_openvino
 
     model, _ckpt, weights = _profiling_model(args)
+    if args.format == "openvino":
+        result = export_openvino(model, args.out, args.input_size, threads=args.threads)
+        h, w = result["input_size"]
+        print(f"wrote {result['path']} and {result['bin_path']} ({result['bytes'] / 1e6:.2f} MB, OpenVINO IR, "
+              f"{weights}); OpenVINO matches PyTorch at {h}x{w}: max relative logit difference "
+              f"{result['max_rel_diff']:.1e}")
+        return 0
     result = export_onnx(model, args.out, args.input_size, threads=args.threads)
     h, w = result["input_size"]
     print(f"wrote {result['path']} ({result['bytes'] / 1e6:.2f} MB, ONNX opset {result['opset']}, {weights}); "
@@ -486,8 +495,41 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_ops(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("bench-ops", help="training step: stock ops vs the fast exact ops (dabnet_lib.fast_ops)",
+                       description="Time one DABNet training step (forward + class-weighted CE + backward + Adam, "
+                                   "synthetic images) built from the stock ops and from the fast ops, interleaved "
+                                   "in rounds in the same run, and print the ratio against the 1.3x target.")
+    p.add_argument("--input-size", type=_profiling_hw, default=(180, 240), metavar="H,W", help="default 180,240")
+    p.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--amp", choices=("off", "bf16"), default="off", help="off = fp32 (default), bf16 = CPU autocast")
+    p.add_argument("--channels-last", action="store_true", help="model and images in channels_last")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--iters", type=int, default=3, help="timed steps per model and round (default 3)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _run_bench_ops(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench_ops import bench_fast_ops, format_bench_ops
+
+    if args.amp == "bf16":
+        import torch
+
+        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise DabnetError("--amp bf16: this CPU has no bf16 units (oneDNN reports no bf16 support): use --amp off")
+    result = bench_fast_ops(args.input_size, args.batch, args.threads, args.amp, args.channels_last,
+                            args.rounds, args.iters, args.warmup)
+    print(json.dumps(result) if args.json else format_bench_ops(result))
+    return 0
+
+
 _COMMANDS["fps"] = (_add_fps, _run_fps)
 _COMMANDS["export"] = (_add_export, _run_export)
+_COMMANDS["bench-ops"] = (_add_bench_ops, _run_bench_ops)
 
 
 # ----------------------------------------------------------------- entry point

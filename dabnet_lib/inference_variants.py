@@ -15,13 +15,20 @@ feeds them) -> logits ``(N, C, H, W)`` float32. Variants (``VARIANTS``):
   and the C++ wrapper.
 - ``onnxruntime``: ONNX export (TorchScript-based exporter) run by an ORT session with all graph
   optimisations and ``intra_op_num_threads`` set.
+- ``openvino``: the model converted by OpenVINO's PyTorch frontend (static input shape) and run by
+  its CPU plugin with ``INFERENCE_PRECISION_HINT f32`` (otherwise it runs bf16 on CPUs with AMX),
+  the latency hint and ``INFERENCE_NUM_THREADS`` set. Needs the ``openvino`` extra.
+- ``openvino_int8``: the same model quantised by NNCF post-training quantisation (default preset),
+  calibrated on the same images as ``int8``, non-quantised ops kept f32 as in ``int8``.
 - ``int8``: PT2E post-training static quantisation for x86 (``torchao``'s ``X86InductorQuantizer``)
   of :class:`InferenceForward`, calibrated on real images, then ``torch.compile`` with freezing.
   Depth-wise convolutions stay fp32: oneDNN's int8 depth-wise path is slower here than fp32
   (0.4 MFLOP/pixel of them against 3 GFLOP of dense convolutions, which run int8 on AMX).
 
 fp32 variants must match eager within ``FP32_TOLERANCE`` relative logit difference
-(``max|a - b| / max|a|``); ``int8`` reports predicted-label agreement with eager in percent.
+(``max|a - b| / max|a|``); the int8 variants (``INT8_VARIANTS``) report predicted-label agreement
+with eager in percent. A variant whose package is missing raises :class:`VariantError` saying what
+to ``pip install``.
 Compile-based variants are specialised to ``example_input``'s shape.
 """
 
@@ -41,11 +48,14 @@ from torch import nn
 from .errors import DabnetError
 from .inference_rewrites import InferenceForward, count_batchnorms, fold_batchnorm
 
-VARIANTS: tuple[str, ...] = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "int8")
+VARIANTS: tuple[str, ...] = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "openvino", "int8",
+                             "openvino_int8")
+INT8_VARIANTS: tuple[str, ...] = ("int8", "openvino_int8")  # checked by label agreement, need calibration
 FP32_TOLERANCE = 1e-3  # max relative logit difference allowed for fp32 variants
 INT8_MIN_AGREEMENT = 90.0  # % of pixels whose predicted label must match eager for "ok"
 ONNX_OPSET = 17
 TORCHAO_PIP = "torchao==0.18.0"  # the version checked against torch 2.13 here
+OPENVINO_PIP = "pip install openvino==2026.4.1 nncf==3.4.0 (or pip install -e '.[openvino]')"  # pyproject's extra
 
 
 class VariantError(DabnetError):
@@ -187,6 +197,68 @@ def _build_onnxruntime(model: nn.Module, example: torch.Tensor, threads: int) ->
     return ort_fn(session), f"opset {ONNX_OPSET}, ORT_ENABLE_ALL, {threads} intra-op threads"
 
 
+def _openvino() -> Any:
+    """The ``openvino`` module, or :class:`VariantError` saying how to install it."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise VariantError(f"openvino is not installed: {OPENVINO_PIP}") from exc
+    return openvino
+
+
+def openvino_model(model: nn.Module, example_input: torch.Tensor, dynamic: bool = False) -> Any:
+    """``model`` converted by OpenVINO's PyTorch frontend to an ``openvino.Model`` with input
+    (N, 3, H, W): ``example_input``'s static shape, or with ``dynamic`` batch, height and width."""
+    ov = _openvino()
+    shape = [-1, 3, -1, -1] if dynamic else list(example_input.shape)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about the shape checks in forward
+            return ov.convert_model(model.eval(), example_input=example_input, input=[ov.PartialShape(shape)])
+    except Exception as exc:
+        raise VariantError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") \
+            from exc
+
+
+def openvino_fn(ov_model: Any, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ``openvino.Model`` (or IR path) compiled for the CPU plugin, f32 precision, latency hint,
+    ``threads`` inference threads, wrapped as ``(N, 3, H, W) tensor -> (N, C, H, W) tensor``."""
+    ov = _openvino()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(request.infer([array])[output].copy())
+    return run
+
+
+def _build_openvino(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[Callable, str]:
+    fn = openvino_fn(openvino_model(model, example), threads)
+    return _fixed_shape(fn, tuple(example.shape), "openvino"), f"f32 precision hint, latency hint, {threads} threads"
+
+
+def _build_openvino_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor],
+                         threads: int) -> tuple[Callable, str]:
+    """NNCF post-training quantisation of the OpenVINO model, calibrated on ``calibration``."""
+    import logging
+
+    _openvino()
+    try:
+        import nncf
+    except ImportError as exc:
+        raise VariantError(f"nncf is not installed: {OPENVINO_PIP}") from exc
+    shape = tuple(example.shape)
+    _check_calibration(calibration, shape)
+    items = [x.numpy() for x in _calibration_inputs(calibration, shape)]
+    nncf.set_log_level(logging.ERROR)
+    quantized = nncf.quantize(openvino_model(model, example), nncf.Dataset(items), subset_size=len(items))
+    fn = openvino_fn(quantized, threads)
+    return _fixed_shape(fn, shape, "openvino_int8"), (f"NNCF post-training quantisation, {len(items)} calibration "
+                                                      f"image(s), f32 elsewhere, {threads} threads")
+
+
 def _torchao_pt2e() -> tuple[Any, Any, Any, Any]:
     """The PT2E entry points (moved from torch.ao to torchao in recent PyTorch)."""
     import logging
@@ -217,6 +289,31 @@ def depthwise_conv_names(model: nn.Module) -> list[str]:
             if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
 
 
+def _check_calibration(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
+    for batch in calibration:
+        if tuple(batch.shape[1:]) != shape[1:]:
+            raise VariantError(f"calibration batch {tuple(batch.shape)} does not match the input size {shape}")
+
+
+def _calibration_inputs(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    """Each calibration image broadcast to the built input ``shape`` (batch 1 keeps calibration at
+    the exported shape); the same inputs for PT2E and NNCF."""
+    for batch in calibration:
+        for i in range(batch.shape[0]):
+            yield batch[i : i + 1].expand(shape).contiguous()
+
+
+def _fixed_shape(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+                 variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` refusing inputs of another shape than the one it was built for, with a clear message."""
+    def run(images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape) != shape:
+            raise VariantError(f"{variant} variant was built for input {shape}, got {tuple(images.shape)}: "
+                               "rebuild it with an example_input of that shape")
+        return fn(images)
+    return run
+
+
 def _build_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor],
                 keep_fp32: Sequence[str] | None = None) -> tuple[Callable, str]:
     """PT2E int8 of ``InferenceForward(model)``; modules named in ``keep_fp32`` (default: the
@@ -225,9 +322,7 @@ def _build_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[t
     if torch.backends.quantized.engine not in ("x86", "onednn", "fbgemm"):
         raise VariantError(f"int8 needs an x86 quantised engine, this build has {torch.backends.quantized.engine!r}")
     shape = tuple(example.shape)
-    for batch in calibration:
-        if tuple(batch.shape[1:]) != shape[1:]:
-            raise VariantError(f"calibration batch {tuple(batch.shape)} does not match the input size {shape}")
+    _check_calibration(calibration, shape)
     quantizer = Quantizer()
     quantizer.set_global(default_config())
     module = InferenceForward(copy.deepcopy(model).eval())
@@ -240,19 +335,11 @@ def _build_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[t
         warnings.simplefilter("ignore")  # "input of maxpool2d is not quantized": expected, it follows a float op
         prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
-        for batch in calibration:
-            for i in range(batch.shape[0]):  # batch 1 keeps calibration at the exported shape
-                prepared(batch[i : i + 1].expand(shape).contiguous())
+        for image in _calibration_inputs(calibration, shape):
+            prepared(image)
     converted = convert_pt2e(prepared)
-    fn = _compiled_fn(converted)
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape) != shape:
-            raise VariantError(f"int8 variant was built for input {shape}, got {tuple(images.shape)}: "
-                               "rebuild it with an example_input of that shape")
-        return fn(images)
     n = sum(b.shape[0] for b in calibration)
-    return run, (f"PT2E X86InductorQuantizer, {n} calibration image(s), {len(keep_fp32)} conv(s) kept fp32, "
+    return _fixed_shape(_compiled_fn(converted), shape, "int8"), (f"PT2E X86InductorQuantizer, {n} calibration image(s), {len(keep_fp32)} conv(s) kept fp32, "
                  "InferenceForward + inductor freezing, C++ wrapper")
 
 
@@ -271,8 +358,12 @@ def _build(model: nn.Module, variant: str, example_input: torch.Tensor,
         return _build_compiled(model)
     if variant == "onnxruntime":
         return _build_onnxruntime(model, example_input, threads)
+    if variant == "openvino":
+        return _build_openvino(model, example_input, threads)
     if not calibration:
-        raise VariantError("int8 needs calibration images (normalised training images of the input size)")
+        raise VariantError(f"{variant} needs calibration images (normalised training images of the input size)")
+    if variant == "openvino_int8":
+        return _build_openvino_int8(model, example_input, calibration, threads)
     return _build_int8(model, example_input, calibration)
 
 
@@ -287,9 +378,9 @@ def optimize(
     """Build ``variant`` of ``model`` (eval mode, CPU float32) and check it against eager.
 
     example_input: (N, 3, H, W) used to trace/compile and for the fp32 parity check (default: one
-    random 64x96 image). calibration: int8 only, batches (n, 3, H, W) of normalised real images.
-    check_inputs: extra inputs for the int8 label-agreement check (default: the calibration batches).
-    threads: ORT intra-op threads (default: ``torch.get_num_threads()``).
+    random 64x96 image). calibration: int8 variants only, batches (n, 3, H, W) of normalised real images.
+    check_inputs: extra inputs for the int8 variants' label-agreement check (default: the calibration batches).
+    threads: ORT / OpenVINO threads (default: ``torch.get_num_threads()``).
     The first call (compile, warm-up) happens here, its time is ``build_s``. Raises :class:`VariantError`
     for an unknown or unavailable variant.
     """
@@ -310,7 +401,7 @@ def optimize(
         raise VariantError(f"{variant} could not be built or run here: {type(exc).__name__}: {first}") from exc
     build_s = time.perf_counter() - start
     eager = _no_grad_fn(model)  # variants run outside inference_mode (compiled graphs are guarded on it)
-    if variant == "int8":
+    if variant in INT8_VARIANTS:
         inputs = _batches_like(list(check_inputs or calibration or [example_input]), example_input.shape)
         agree = [label_agreement(eager(x), fn(x)) for x in inputs]
         value = sum(agree) / len(agree)
@@ -323,7 +414,7 @@ def optimize(
 
 
 def _batches_like(inputs: Sequence[torch.Tensor], shape: torch.Size) -> list[torch.Tensor]:
-    """Regroup image batches ``inputs`` (n_i, 3, H, W) into batches of ``shape`` (the int8 variant's
+    """Regroup image batches ``inputs`` (n_i, 3, H, W) into batches of ``shape`` (the int8 variants'
     fixed input shape): all images in order, cycled when there are fewer than one batch."""
     images = torch.cat([x for x in inputs], dim=0)
     n = shape[0]

@@ -7,6 +7,7 @@
   each against eager and times them interleaved in rounds, so that a change in machine load hits
   every variant alike; speed-ups are against eager measured in the same run.
 - :func:`export_onnx`: an ONNX file checked in onnxruntime before it is (atomically) written.
+- :func:`export_openvino`: OpenVINO IR (.xml + .bin) checked in OpenVINO before it is (atomically) written.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from torch import nn
 from .errors import DabnetError
 from .inference_variants import (
     FP32_TOLERANCE,
+    INT8_VARIANTS,
     ONNX_OPSET,
     VARIANTS,
     VariantError,
     onnx_bytes,
+    openvino_fn,
+    openvino_model,
     optimize,
     ort_fn,
     ort_session,
@@ -286,7 +290,7 @@ def benchmark(
             rows[name] = row
             log(f"building {name} ...")
             try:
-                if name == "int8" and not calibration:
+                if name in INT8_VARIANTS and not calibration:
                     raise VariantError(calibration_error or "no calibration images given")
                 opt = optimize(model, name, example_input=example, calibration=calibration,
                                threads=torch.get_num_threads(), check_inputs=check_inputs)
@@ -349,12 +353,77 @@ def describe(model: nn.Module, input_size: tuple[int, int], rows: Sequence[dict[
 FP32_SPEEDUP_TARGET = 2.0
 INT8_SPEEDUP_TARGET = 3.0
 FP32_VARIANTS = ("channels_last", "folded", "compiled", "onnxruntime")
+#: Our own fp32 variants (PyTorch), compared with the OpenVINO runtime's, and that target (issue 12):
+#: our best fp32 >= 1.3x OpenVINO fp32, our int8 at least as fast as OpenVINO int8, same run.
+OUR_FP32_VARIANTS = ("eager", "channels_last", "folded", "compiled")
+VS_OPENVINO_FP32_TARGET = 1.3
+VS_OPENVINO_INT8_TARGET = 1.0
 
 
-def target_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per speed target (best fp32 variant >= 2.0x eager, int8 >= 3.0x eager): met, or by
-    how much it is short, from the same-run speed-ups in ``rows``; a target whose variants did not run
-    says so."""
+def _ratio_line(label: str, ours: dict[str, Any] | None, theirs: dict[str, Any] | None, target: float) -> str:
+    """``target <label> >= <target>x: <ours> A ms vs <theirs> B ms = R.RRx, met / NOT met, N% short``."""
+    head = f"target {label} >= {target:.1f}x"
+    if ours is None or theirs is None:
+        return f"{head}: not measured (variant not run or failed)"
+    got = theirs["ms"] / ours["ms"]
+    verdict = "met" if got >= target else f"NOT met, {100 * (1 - got / target):.1f}% short"
+    return f"{head}: {ours['variant']} {ours['ms']:.1f} ms vs {theirs['variant']} {theirs['ms']:.1f} ms = {got:.2f}x, {verdict}"
+
+
+def fp32_flops_per_cycle(flags: set[str]) -> int:
+    """Peak fp32 FLOP per cycle of one core from its ISA flags, assuming two FMA units per core (Intel
+    Xeon Gold/Platinum since Skylake-SP, AMD Zen 2-4): AVX-512 2 x 16 lanes x 2 (FMA) = 64;
+    AVX2+FMA 2 x 8 x 2 = 32; AVX 2 x 8 (separate add and mul) = 16; else SSE 8."""
+    if "avx512f" in flags:
+        return 64
+    if "avx2" in flags and "fma" in flags:
+        return 32
+    return 16 if "avx" in flags else 8
+
+
+def cpu_fp32_peak(threads: int) -> dict[str, Any] | None:
+    """Peak fp32 GFLOP/s of ``threads`` cores: threads x max clock (GHz, /sys cpufreq or /proc/cpuinfo's
+    current MHz) x :func:`fp32_flops_per_cycle`; a thread is counted as a core (on a VM the vCPUs may
+    be hyper-threads of fewer cores: then the true peak is lower). None off Linux."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    ghz, source = None, "cpu MHz in /proc/cpuinfo"
+    try:
+        ghz, source = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6, "cpufreq max"
+    except (OSError, ValueError):
+        mhz = [float(ln.split(":", 1)[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")]
+        ghz = max(mhz) / 1e3 if mhz else None
+    if not ghz:
+        return None
+    per_cycle = fp32_flops_per_cycle(flags)
+    return {"gflops": threads * ghz * per_cycle, "threads": threads, "ghz": ghz, "flops_per_cycle": per_cycle,
+            "clock_source": source}
+
+
+def peak_fraction_line(rows: Sequence[dict[str, Any]], gflops_per_image: float) -> str:
+    """The best fp32 variant's achieved GFLOP/s (``gflops_per_image`` x images/s) as a fraction of
+    :func:`cpu_fp32_peak` for the run's threads, with the peak's assumptions spelled out."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("ms") and r["variant"] not in INT8_VARIANTS]
+    if not ok:
+        return "fp32 peak fraction: not measured (no fp32 variant ran)"
+    best = min(ok, key=lambda r: r["ms"])
+    peak = cpu_fp32_peak(int(best["threads"]))
+    achieved = gflops_per_image * best["batch"] * 1000.0 / best["ms"]
+    if peak is None:
+        return f"fp32 peak fraction: {best['variant']} reaches {achieved:.1f} GFLOP/s; CPU peak unknown here"
+    return (f"fp32 peak fraction: {best['variant']} reaches {achieved:.1f} GFLOP/s = {100 * achieved / peak['gflops']:.1f}% "
+            f"of {peak['gflops']:.0f} GFLOP/s peak ({peak['threads']} threads counted as cores x {peak['ghz']:.2f} GHz "
+            f"({peak['clock_source']}) x {peak['flops_per_cycle']} fp32 FLOP/cycle, assuming 2 FMA units)")
+
+
+def target_verdicts(rows: Sequence[dict[str, Any]], gflops_per_image: float | None = None) -> list[str]:
+    """One line per speed target from the same-run times in ``rows``: best fp32 variant >= 2.0x eager,
+    int8 >= 3.0x eager, our best fp32 (PyTorch) >= 1.3x OpenVINO fp32, our int8 >= 1.0x OpenVINO
+    int8; met, or by how much it is short; a target whose variants did not run says so. With
+    ``gflops_per_image`` also the best fp32 variant's fraction of the CPU's fp32 peak."""
     ok = {r["variant"]: r for r in rows if r.get("status") == "ok" and r.get("speedup") is not None}
     lines = []
     fp32 = [ok[v] for v in FP32_VARIANTS if v in ok]
@@ -367,6 +436,14 @@ def target_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         got = row["speedup"]
         verdict = "met" if got >= target else f"NOT met, {100 * (1 - got / target):.1f}% short"
         lines.append(f"target {label} >= {target:.1f}x eager: {row['variant']} {got:.2f}x, {verdict}")
+    timed = {name: row for name, row in ok.items() if row.get("ms")}
+    ours = [timed[v] for v in OUR_FP32_VARIANTS if v in timed]
+    best_ours = min(ours, key=lambda r: r["ms"]) if ours else None
+    lines.append(_ratio_line("our best fp32 vs OpenVINO fp32", best_ours, timed.get("openvino"), VS_OPENVINO_FP32_TARGET))
+    lines.append(_ratio_line("our int8 vs OpenVINO int8", timed.get("int8"), timed.get("openvino_int8"),
+                             VS_OPENVINO_INT8_TARGET))
+    if gflops_per_image is not None:
+        lines.append(peak_fraction_line(rows, gflops_per_image))
     return lines
 
 
@@ -389,6 +466,27 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- ONNX export
 
 
+def _replace_with_bytes(out: Path, data: bytes) -> None:
+    """Write ``data`` to ``out`` atomically (temp file in the same folder, then ``os.replace``), with
+    normal file permissions (umask applied)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _export_folder(out: Path) -> None:
+    if not out.parent.is_dir():
+        raise DabnetError(f"export: folder {out.parent} does not exist: create it or choose another --out")
+
+
 def export_onnx(
     model: nn.Module,
     out: str | os.PathLike[str],
@@ -402,8 +500,7 @@ def export_onnx(
     the same folder, then ``os.replace``). Returns path, bytes, max_rel_diff, opset, input_size.
     """
     out = Path(out)
-    if not out.parent.is_dir():
-        raise DabnetError(f"export: folder {out.parent} does not exist: create it or choose another --out")
+    _export_folder(out)
     model = model.eval()
     example = torch.randn(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
     data = onnx_bytes(model, example, dynamic=True)
@@ -413,16 +510,48 @@ def export_onnx(
     if not rel <= FP32_TOLERANCE:
         raise VariantError(f"export: onnxruntime logits differ from PyTorch by {rel:.2e} (relative) > "
                            f"{FP32_TOLERANCE}: file not written")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _replace_with_bytes(out, data)
     return {"path": str(out), "bytes": len(data), "max_rel_diff": rel, "opset": ONNX_OPSET,
             "input_size": tuple(input_size)}
+
+
+# --------------------------------------------------------------------------- OpenVINO export
+
+
+def export_openvino(
+    model: nn.Module,
+    out: str | os.PathLike[str],
+    input_size: tuple[int, int] = (360, 480),
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Write ``model`` as OpenVINO IR: ``out`` (``.xml``, the graph; dynamic batch/height/width) and
+    the weights beside it (same stem, ``.bin``, float32: no fp16 compression).
+
+    The IR is saved to a temporary folder beside ``out``, read back, compiled for the CPU (f32) and
+    its logits on a random (1, 3, H, W) input must match PyTorch within ``FP32_TOLERANCE``
+    (relative); only then are the files moved in place, ``.bin`` first, so an ``.xml`` present always
+    has its weights. Returns path, bin_path, bytes (both files), max_rel_diff, input_size.
+    """
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise DabnetError(f"export: --out {out} must end in .xml for OpenVINO IR (the weights go beside it as .bin)")
+    _export_folder(out)
+    import openvino as ov  # openvino_model below raised a clear VariantError if it is missing
+
+    model = model.eval()
+    example = torch.randn(1, 3, *input_size, generator=torch.Generator().manual_seed(0))
+    ir = openvino_model(model, example, dynamic=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.", dir=out.parent) as tmp:
+        xml = Path(tmp) / out.name
+        ov.save_model(ir, str(xml), compress_to_fp16=False)
+        run = openvino_fn(str(xml), threads or torch.get_num_threads())
+        with torch.inference_mode():
+            rel = relative_difference(model(example), run(example))
+        if not rel <= FP32_TOLERANCE:
+            raise VariantError(f"export: OpenVINO logits differ from PyTorch by {rel:.2e} (relative) > "
+                               f"{FP32_TOLERANCE}: files not written")
+        data = {suffix: xml.with_suffix(suffix).read_bytes() for suffix in (".bin", ".xml")}
+    for suffix, blob in data.items():  # .bin first: an .xml on disk always has its weights
+        _replace_with_bytes(out.with_suffix(suffix), blob)
+    return {"path": str(out), "bin_path": str(out.with_suffix(".bin")), "bytes": sum(map(len, data.values())),
+            "max_rel_diff": rel, "input_size": tuple(input_size)}

@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,16 @@ from dabnet_lib.inference_variants import (
     relative_difference,
 )
 from dabnet_lib.model import Conv, DABNet, DABNetConfig
-from dabnet_lib.profiling import calibration_images, count_params, flops, measure, target_verdicts
+from dabnet_lib.profiling import (
+    benchmark,
+    calibration_images,
+    count_params,
+    cpu_fp32_peak,
+    flops,
+    fp32_flops_per_cycle,
+    measure,
+    target_verdicts,
+)
 from dabnet_lib.transforms import normalize
 
 SIZE = (64, 96)
@@ -271,8 +281,12 @@ def test_fps_table_names_the_context() -> None:
     assert "parameters" in lines[0] and "GFLOPs" in lines[0] and "GMACs" in lines[0]
     assert "threads" in lines[1] and "load average" in lines[1]
     assert any(l.startswith("eager ") for l in lines) and any(l.startswith("folded ") for l in lines)
-    assert lines[-2].startswith("target best fp32 variant >= 2.0x eager: folded ")
-    assert lines[-1] == "target int8 >= 3.0x eager: not measured (variant not run)"
+    targets = [l for l in lines if l.startswith(("target ", "fp32 peak fraction"))]
+    assert targets[0].startswith("target best fp32 variant >= 2.0x eager: folded ")
+    assert targets[1] == "target int8 >= 3.0x eager: not measured (variant not run)"
+    assert targets[2] == ("target our best fp32 vs OpenVINO fp32 >= 1.3x: not measured (variant not run or "
+                          "failed)")
+    assert targets[4].startswith("fp32 peak fraction: ")
 
 
 def test_target_verdicts_say_met_or_by_how_much_short() -> None:
@@ -281,8 +295,112 @@ def test_target_verdicts_say_met_or_by_how_much_short() -> None:
             {"variant": "compiled", "status": "ok", "speedup": 2.2},
             {"variant": "onnxruntime", "status": "error", "speedup": None},
             {"variant": "int8", "status": "ok", "speedup": 2.85}]
-    assert target_verdicts(rows) == ["target best fp32 variant >= 2.0x eager: compiled 2.20x, met",
-                                     "target int8 >= 3.0x eager: int8 2.85x, NOT met, 5.0% short"]
+    assert target_verdicts(rows)[:2] == ["target best fp32 variant >= 2.0x eager: compiled 2.20x, met",
+                                         "target int8 >= 3.0x eager: int8 2.85x, NOT met, 5.0% short"]
+
+
+def test_openvino_verdicts_compare_times_of_the_same_run() -> None:
+    rows = [{"variant": "eager", "status": "ok", "speedup": 1.0, "ms": 100.0, "batch": 1, "threads": 2},
+            {"variant": "compiled", "status": "ok", "speedup": 2.0, "ms": 50.0, "batch": 1, "threads": 2},
+            {"variant": "onnxruntime", "status": "ok", "speedup": 4.0, "ms": 25.0, "batch": 1, "threads": 2},
+            {"variant": "openvino", "status": "ok", "speedup": 1.6, "ms": 60.0, "batch": 1, "threads": 2},
+            {"variant": "int8", "status": "ok", "speedup": 4.0, "ms": 25.0, "batch": 1, "threads": 2},
+            {"variant": "openvino_int8", "status": "ok", "speedup": 5.0, "ms": 20.0, "batch": 1, "threads": 2}]
+    lines = target_verdicts(rows, gflops_per_image=6.73)
+    # onnxruntime is not "ours": our best fp32 is compiled
+    assert lines[2] == ("target our best fp32 vs OpenVINO fp32 >= 1.3x: compiled 50.0 ms vs openvino 60.0 ms = "
+                        "1.20x, NOT met, 7.7% short")
+    assert lines[3] == "target our int8 vs OpenVINO int8 >= 1.0x: int8 25.0 ms vs openvino_int8 20.0 ms = 0.80x, NOT met, 20.0% short"
+    # the fastest fp32 row overall (onnxruntime, 25 ms): 6.73 GFLOP x 40/s = 269.2 GFLOP/s
+    assert lines[4].startswith("fp32 peak fraction: onnxruntime reaches 269.2 GFLOP/s")
+    peak = cpu_fp32_peak(2)
+    if peak is not None:
+        assert f"{100 * 269.2 / peak['gflops']:.1f}% of {peak['gflops']:.0f} GFLOP/s peak (2 threads" in lines[4]
+
+
+def test_fp32_flops_per_cycle_follow_the_isa() -> None:
+    assert fp32_flops_per_cycle({"avx512f", "avx2", "fma", "avx"}) == 64
+    assert fp32_flops_per_cycle({"avx2", "fma", "avx"}) == 32  # Zen3
+    assert fp32_flops_per_cycle({"avx"}) == 16
+    assert fp32_flops_per_cycle(set()) == 8
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None or
+                                    importlib.util.find_spec("nncf") is None,
+                                    reason="the openvino extra is not installed: pip install -e '.[openvino]'")
+
+
+def test_missing_openvino_gives_an_install_hint_and_others_still_run(monkeypatch: pytest.MonkeyPatch,
+                                                                      model: DABNet) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(VariantError, match=r"openvino is not installed: pip install openvino==2026\.4\.1 nncf==3\.4\.0"):
+        optimize(model, "openvino", example_input=torch.zeros(1, 3, *SIZE))
+    calibration = [torch.zeros(1, 3, *SIZE)]
+    rows = benchmark(model, SIZE, "eager,openvino,openvino_int8", iters=1, warmup=0, rounds=1, threads=1,
+                     calibration=calibration)
+    by = {r["variant"]: r for r in rows}
+    assert by["eager"]["status"] == "ok" and by["eager"]["ms"] > 0
+    for name in ("openvino", "openvino_int8"):
+        assert by[name]["status"] == "error" and "not installed: pip install" in by[name]["error"]
+
+
+@needs_openvino
+def test_openvino_variant_matches_eager(model: DABNet, images: torch.Tensor) -> None:
+    opt = optimize(model, "openvino", example_input=images, threads=2)
+    assert opt.parity["ok"] is True and opt.parity["metric"] == "max_rel_diff"
+    other = images.flip(-1) * 0.5
+    with torch.no_grad():
+        expected = model(other)
+    assert relative_difference(expected, opt(other)) <= FP32_TOLERANCE
+    with pytest.raises(VariantError, match="built for input"):
+        opt(torch.zeros(1, 3, 32, 32))
+
+
+@needs_openvino
+def test_openvino_int8_variant(camvid_root: Path) -> None:
+    torch.manual_seed(0)
+    net = DABNet(11, DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8))).eval()
+    calibration = calibration_images(camvid_root, SIZE, count=2)
+    check = calibration_images(camvid_root, SIZE, count=2, split="val")
+    opt = optimize(net, "openvino_int8", example_input=calibration[0], calibration=calibration,
+                   check_inputs=check, threads=2)
+    assert opt.parity["metric"] == "label_agreement_pct"
+    with torch.no_grad():
+        own = np.mean([label_agreement(net(x), opt(x)) for x in check])
+    assert opt.parity["value"] == pytest.approx(own)
+    assert own >= 60.0  # as for int8: a broken quantisation lands near chance (100/11 %)
+    assert "2 calibration image(s)" in opt.notes
+    with pytest.raises(VariantError, match="calibration"):
+        optimize(net, "openvino_int8", example_input=calibration[0])
+
+
+@needs_openvino
+def test_export_openvino_round_trip(tmp_path: Path, model: DABNet) -> None:
+    import openvino as ov
+
+    ckpt = tmp_path / "weights.pt"
+    torch.save({"model": model.state_dict(), "num_classes": 11}, ckpt)
+    out = tmp_path / "dabnet.xml"
+    code, text = _run_cli(["export", "--format", "openvino", "--out", str(out), "--checkpoint", str(ckpt),
+                           "--input-size", "64,96", "--threads", "2"])
+    assert code == 0 and "OpenVINO matches PyTorch" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dabnet.bin", "dabnet.xml", "weights.pt"]  # no temp left
+    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for shape in ((1, 3, 64, 96), (2, 3, 72, 104)):  # the exported axes are dynamic
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(2)) * 50
+        with torch.no_grad():
+            expected = model(x)
+        got = torch.from_numpy(compiled([x.numpy()])[compiled.output(0)])
+        assert relative_difference(expected, got) <= FP32_TOLERANCE
+
+
+def test_export_openvino_needs_an_xml_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["export", "--format", "openvino", "--out", str(tmp_path / "m.onnx"), "--input-size", "32,32"])
+    assert code == 2 and "must end in .xml" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fps_val_miou_without_weights_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:

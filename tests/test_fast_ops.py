@@ -1,0 +1,243 @@
+"""dabnet_lib.fast_ops: the fast depth-wise conv and PReLU equal the stock ops (forward and every
+gradient), per op and for every DABNetConfig that test_model sweeps, in fp32 and bf16 autocast,
+NCHW and channels_last, eager and compiled; state-dict keys and official logits unchanged."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dabnet_lib.fast_ops import (
+    FastDepthwiseConv2d,
+    FastPReLU,
+    count_fast_ops,
+    is_eligible,
+    use_fast_ops,
+    uses_custom_backward,
+)
+from dabnet_lib.model import DABNet, DABNetConfig, load_weights
+from test_model import ABLATIONS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|b| in float64."""
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _run(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor, amp: bool = False) -> dict[str, torch.Tensor]:
+    """Output, input gradient and every parameter gradient of ``(module(x) * upstream).sum()``."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        y = module(x)
+    (y.float() * upstream).sum().backward()
+    out = {"out": y.detach().float(), "input": x.grad}
+    out.update({name: p.grad for name, p in module.named_parameters()})
+    return out
+
+
+# --------------------------------------------------------------------------- single ops
+
+DW_CASES = [(k, shape, d) for k in (3, 5) for shape in ("kx1", "1xk", "kxk") for d in (1, 2, 4, 8, 16)]
+
+
+def _dw_conv(channels: int, k: int, shape: str, d: int, bias: bool = False) -> nn.Conv2d:
+    kernel = {"kx1": (k, 1), "1xk": (1, k), "kxk": (k, k)}[shape]
+    dil = tuple(d if kk > 1 else 1 for kk in kernel)
+    pad = tuple(dd * (kk - 1) // 2 for kk, dd in zip(kernel, dil))
+    return nn.Conv2d(channels, channels, kernel, 1, pad, dil, channels, bias=bias)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("k,shape,d", DW_CASES, ids=[f"k{k}-{s}-d{d}" for k, s, d in DW_CASES])
+def test_depthwise_conv_matches_stock(k: int, shape: str, d: int, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    stock = _dw_conv(6, k, shape, d, bias=d == 2)  # one dilation per kernel also checks the bias path
+    fast = use_fast_ops(copy.deepcopy(stock))
+    assert type(fast) is FastDepthwiseConv2d and uses_custom_backward(fast) == (d > 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 6, 20, 13).contiguous(memory_format=fmt)  # 13 < 16: some taps never overlap
+    up = torch.randn(3, 6, 20, 13).contiguous(memory_format=fmt)
+    ref, got = _run(stock, x, up), _run(fast, x, up)
+    assert torch.equal(got["out"], ref["out"])  # the forward is the stock convolution
+    for key in ref:
+        assert _rel(got[key], ref[key]) < 1e-5, key
+
+
+@pytest.mark.parametrize("k,shape,d", [(3, "kx1", 4), (5, "kxk", 2), (3, "1xk", 16)])
+def test_depthwise_conv_matches_stock_under_bf16_autocast(k: int, shape: str, d: int) -> None:
+    torch.manual_seed(0)
+    stock = _dw_conv(8, k, shape, d)
+    fast = use_fast_ops(copy.deepcopy(stock))
+    x, up = torch.randn(2, 8, 24, 30), torch.randn(2, 8, 24, 30)
+    ref, got = _run(stock, x, up, amp=True), _run(fast, x, up, amp=True)
+    assert got["out"].dtype == ref["out"].dtype
+    assert torch.equal(got["out"], ref["out"])
+    assert got["weight"].dtype == ref["weight"].dtype == torch.float32
+    for key in ("input", "weight"):
+        assert _rel(got[key], ref[key]) < 2e-2, key  # bf16 has an 8-bit mantissa
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("slopes", [1, 7])
+def test_prelu_matches_stock_including_zeros(slopes: int, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    stock = nn.PReLU(slopes)
+    with torch.no_grad():
+        stock.weight.uniform_(-0.5, 0.8)
+    fast = use_fast_ops(copy.deepcopy(stock))
+    assert type(fast) is FastPReLU
+    x = torch.randn(2, 7, 9, 11)
+    x[x.abs() < 0.3] = 0.0  # exact zeros take the slope side in PyTorch's kernel
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, up = x.contiguous(memory_format=fmt), torch.randn(2, 7, 9, 11).contiguous(memory_format=fmt)
+    ref, got = _run(stock, x, up), _run(fast, x, up)
+    assert torch.equal(got["out"], ref["out"])
+    assert torch.equal(got["input"], ref["input"])
+    assert _rel(got["weight"], ref["weight"]) < 1e-5
+
+
+def test_prelu_bf16_autocast_matches_stock() -> None:
+    torch.manual_seed(0)
+    stock = nn.Sequential(_dw_conv(8, 3, "kx1", 2), nn.PReLU(8))
+    fast = use_fast_ops(copy.deepcopy(stock))
+    x, up = torch.randn(2, 8, 16, 16), torch.randn(2, 8, 16, 16)
+    ref, got = _run(stock, x, up, amp=True), _run(fast, x, up, amp=True)
+    assert torch.equal(got["out"], ref["out"])
+    for key in ref:
+        assert got[key].dtype == ref[key].dtype, key
+        assert _rel(got[key], ref[key]) < 2e-2, key
+
+
+def test_only_depthwise_same_padding_convs_are_eligible() -> None:
+    assert is_eligible(_dw_conv(4, 3, "kx1", 2))
+    assert not is_eligible(nn.Conv2d(4, 4, 3, 1, 1))  # dense
+    assert not is_eligible(nn.Conv2d(4, 4, 3, 2, 1, groups=4))  # stride 2
+    assert not is_eligible(nn.Conv2d(4, 4, 3, 1, 0, groups=4))  # not "same"
+    assert not is_eligible(nn.Conv2d(4, 8, 3, 1, 1, groups=4))  # channel multiplier
+    assert not is_eligible(nn.Conv2d(4, 4, 3, 1, 1, groups=4, padding_mode="reflect"))
+
+
+def test_no_grad_and_eval_use_the_stock_path() -> None:
+    fast = use_fast_ops(_dw_conv(4, 3, "kx1", 4))
+    x = torch.randn(1, 4, 10, 10)
+    with torch.no_grad():
+        y = fast(x)
+    assert y.grad_fn is None and torch.equal(y, nn.Conv2d.forward(fast, x))
+
+
+# --------------------------------------------------------------------------- whole model
+
+
+def _model_grads(model: nn.Module, x: torch.Tensor, amp: bool = False, train: bool = True) -> dict[str, torch.Tensor]:
+    """Logits and every parameter gradient of ``logits.square().mean()`` (train or eval mode)."""
+    model.train(train).zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        y = model(x)
+    y.float().square().mean().backward()
+    return {"logits": y.detach().float(), **{n: p.grad for n, p in model.named_parameters()}}
+
+
+def _fast_and_stock(cfg: DABNetConfig) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    stock = DABNet(5, cfg)
+    return stock, use_fast_ops(copy.deepcopy(stock)), torch.randn(2, 3, 32, 48)
+
+
+@pytest.mark.parametrize("cfg", ABLATIONS, ids=lambda c: "-".join(str(v) for v in c.to_dict().values()))
+def test_every_ablation_config_fast_equals_stock(cfg: DABNetConfig) -> None:
+    """Same math: in float64 (train mode) every gradient agrees to < 1e-8 relative (float64 rounding
+    amplified by BatchNorm's batch statistics reaches ~1e-9; one float32 rounding inside an op shows
+    as >= 1e-7); in fp32 eval mode (no batch statistics to amplify rounding) to fp32 tolerance."""
+    stock, fast, x = _fast_and_stock(cfg)
+    ref = _model_grads(copy.deepcopy(stock).double(), x.double())
+    got = _model_grads(copy.deepcopy(fast).double(), x.double())
+    assert max(_rel(got[k], ref[k]) for k in ref) < 1e-8
+    ref, got = _model_grads(stock, x, train=False), _model_grads(fast, x, train=False)
+    assert max(_rel(got[k], ref[k]) for k in ref) < 1e-4
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_paper_model_fp32_training_gradients_have_stock_precision(channels_last: bool) -> None:
+    """Train mode, fp32, against the float64 truth: through BatchNorm's batch statistics (sums with
+    cancellation) the *stock* fp32 gradients already differ from float64 by 1e-3..4e-3 relative on
+    some BN weights, and which tensor is worst moves with the summation order (the fast ops sum in
+    another order). So every fast gradient must be within 3x the stock's worst error of the same
+    run (the float64 test above shows the math is the same): a wrong tap, slope or layout gives
+    errors of order 1."""
+    stock, fast, x = _fast_and_stock(DABNetConfig())
+    truth = _model_grads(copy.deepcopy(stock).double(), x.double())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    ref = _model_grads(stock.to(memory_format=fmt), x)
+    got = _model_grads(fast.to(memory_format=fmt), x)
+    stock_worst = max(_rel(ref[k], truth[k]) for k in truth)
+    assert stock_worst < 1e-2  # the reference itself is sane
+    worse = {k: _rel(got[k], truth[k]) for k in truth if _rel(got[k], truth[k]) > 3 * stock_worst}
+    assert not worse, f"fast gradients farther from float64 than 3x stock's worst {stock_worst:.1e}: {worse}"
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_paper_model_bf16_autocast_training_matches_stock(channels_last: bool) -> None:
+    """bf16 autocast, train mode: fast and stock gradients agree within bf16 precision (an 8-bit
+    mantissa: 2e-2 relative). Against float64 both are far off on this random net (bf16 through
+    batch statistics), so the comparison is fast against stock."""
+    stock, fast, x = _fast_and_stock(DABNetConfig())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    ref = _model_grads(stock.to(memory_format=fmt), x, amp=True)
+    got = _model_grads(fast.to(memory_format=fmt), x, amp=True)
+    assert all(got[k].dtype == ref[k].dtype for k in ref)
+    worst = max(ref, key=lambda k: _rel(got[k], ref[k]))
+    assert _rel(got[worst], ref[worst]) < 2e-2, worst
+
+
+def test_swap_keeps_parameters_keys_and_reverts() -> None:
+    model = DABNet(11)
+    params = [id(p) for p in model.parameters()]
+    keys = list(model.state_dict())
+    use_fast_ops(model)
+    counts = count_fast_ops(model)
+    # paper net: 9 DAB modules x 4 depth-wise branch convs (half dilated) and 71 PReLUs
+    assert counts == {"fast": 36, "custom_backward": 18, "prelu": 71, "eligible_stock": 0}
+    assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
+    use_fast_ops(model, enabled=False)
+    assert count_fast_ops(model)["fast"] == 0 and count_fast_ops(model)["eligible_stock"] == 36 + 71
+    assert not any(isinstance(m, (FastDepthwiseConv2d, FastPReLU)) for m in model.modules())
+
+
+def test_standard_branch_convs_are_left_alone() -> None:
+    model = use_fast_ops(DABNet(5, DABNetConfig(branch_conv="standard")))
+    assert count_fast_ops(model)["fast"] == 0
+
+
+def test_official_logits_reproduced_with_fast_ops(official_fixture_path: Path) -> None:
+    official = torch.load(official_fixture_path, weights_only=True)
+    model = use_fast_ops(DABNet(11))
+    load_weights(model, official["model"])  # the official state dict loads into the fast model
+    model.eval()
+    image = official["input"].clone().requires_grad_(True)  # with grad: the custom ops run
+    logits = model(image)
+    assert logits.grad_fn is not None
+    assert (logits - official["logits"]).abs().max().item() < 1e-4
+
+
+def test_compiles_without_graph_breaks() -> None:
+    torch.manual_seed(0)
+    stock = nn.Sequential(_dw_conv(8, 3, "kx1", 4), nn.PReLU(8), _dw_conv(8, 3, "1xk", 2))
+    fast = use_fast_ops(copy.deepcopy(stock))
+    compiled = torch.compile(fast, fullgraph=True, dynamic=False)  # fullgraph: a graph break raises
+    x, up = torch.randn(2, 8, 12, 10), torch.randn(2, 8, 12, 10)
+    ref = _run(stock, x, up)
+    got = {k.replace("_orig_mod.", ""): v for k, v in _run(compiled, x, up).items()}
+    assert got.keys() == ref.keys()
+    for key in ref:
+        assert _rel(got[key], ref[key]) < 1e-5, key
