@@ -25,6 +25,7 @@ the GPU computes it natively (compute capability >= 8.0), else fp16 with GradSca
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from .checkpoints import write_bytes_atomic
+from .fast_ops import use_fast_ops
 from .machine import cpu_flags, cpu_name, has_bf16_units
 from .model import DABNet, DABNetConfig
 from .cuda_support import cuda_bf16_native
@@ -88,6 +90,7 @@ class TrainingChoice:
     rows: tuple[dict[str, Any], ...] = ()
     probe_s: float = 0.0
     key: dict[str, Any] = field(default_factory=dict)
+    fast_ops: bool = False
 
     @property
     def candidate(self) -> Candidate:
@@ -105,7 +108,7 @@ class TrainingChoice:
         if amp not in ("off", "bf16", "fp16") or not isinstance(cl, bool) or not isinstance(comp, bool):
             raise ValueError(f"not a training choice: amp={amp!r}, channels_last={cl!r}, compile={comp!r}")
         return cls(amp, cl, comp, source or str(d["source"]), tuple(dict(r) for r in d.get("rows", ())),
-                   float(d.get("probe_s", 0.0)), dict(d.get("key", {})))
+                   float(d.get("probe_s", 0.0)), dict(d.get("key", {})), bool(d.get("fast_ops", False)))
 
     def describe(self) -> list[str]:
         """Log lines: the choice and why, then one line per candidate."""
@@ -113,7 +116,8 @@ class TrainingChoice:
             "cache": "measured on this machine before (cached)", "checkpoint": "kept from the resumed checkpoint",
             "rule": "the only candidate left", "explicit": "set by the recipe",
             "cuda": "CUDA rule: bf16 where the GPU has it natively, else fp16; channels_last; eager"}.get(self.source, self.source)
-        head = f"training as {self.candidate.label} ({how})"
+        ops = ", fast CPU ops (dabnet_lib.fast_ops)" if self.fast_ops else ""
+        head = f"training as {self.candidate.label}{ops} ({how})"
         lines = [head]
         for r in self.rows:
             speed = f"{r['images_per_s']:.2f} img/s" if r.get("images_per_s") is not None else r["status"]
@@ -182,8 +186,9 @@ class StepTimer:
     and runs its untimed warm-up (compilation included, returned in seconds), :meth:`time_round`
     times ``STEPS_PER_ROUND`` steps of every built candidate, :meth:`images_per_s` reads the result."""
 
-    def __init__(self, num_classes: int, cfg: DABNetConfig, crop: tuple[int, int], batch: int) -> None:
-        self.num_classes, self.cfg, self.crop, self.batch = num_classes, cfg, crop, batch
+    def __init__(self, num_classes: int, cfg: DABNetConfig, crop: tuple[int, int], batch: int,
+                 fast_ops: bool = False) -> None:
+        self.num_classes, self.cfg, self.crop, self.batch, self.fast_ops = num_classes, cfg, crop, batch, fast_ops
         self.runners: dict[Candidate, Callable[[], None]] = {}
         self.seconds: dict[Candidate, float] = {}
         self.steps: dict[Candidate, int] = {}
@@ -195,6 +200,7 @@ class StepTimer:
         gen = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         model = DABNet(self.num_classes, self.cfg).to(memory_format=layout.memory_format).train()
+        use_fast_ops(model, self.fast_ops)
         run: nn.Module = torch.compile(model, dynamic=False, options=layout.compile_options) if c.compile else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         criterion = nn.CrossEntropyLoss(weight=torch.rand(self.num_classes, generator=gen) + 1.0)
@@ -281,13 +287,13 @@ def cache_dir() -> Path:
 
 
 def cache_key(candidates: Iterable[Candidate], num_classes: int, cfg: DABNetConfig, crop: tuple[int, int],
-              batch: int, threads: int) -> dict[str, Any]:
+              batch: int, threads: int, fast_ops: bool = False) -> dict[str, Any]:
     """Everything a measured choice depends on."""
     flags = " ".join(sorted(cpu_flags()))
     return {"cpu": cpu_name(), "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:16],
             "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
             "model_config": cfg.to_dict(), "num_classes": num_classes, "crop": list(crop), "batch": batch,
-            "candidates": sorted(c.label for c in candidates)}
+            "candidates": sorted(c.label for c in candidates), "fast_ops": fast_ops}
 
 
 def _digest(key: Mapping[str, Any]) -> str:
@@ -347,26 +353,32 @@ def _cuda_choice(amp: str, channels_last: bool | str, compile: bool | str, devic
                           False if compile == "auto" else bool(compile), "explicit" if explicit else "cuda")
 
 
+def _with_fast_ops(choice: TrainingChoice, fast_ops: bool) -> TrainingChoice:
+    return dataclasses.replace(choice, fast_ops=fast_ops)
+
+
 def choose(amp: str, channels_last: bool | str, compile: bool | str, device: torch.device, num_classes: int,
            cfg: DABNetConfig, crop: tuple[int, int], batch: int, threads: int,
            log: Callable[[str], None] = lambda _m: None, use_cache: bool = True,
            timer: StepTimer | None = None, bf16_units: bool | None = None,
-           grad_error: Callable[[], float] | None = None) -> TrainingChoice:
+           grad_error: Callable[[], float] | None = None, fast_ops: bool = False) -> TrainingChoice:
     """Resolve the recipe's ``amp`` / ``channels_last`` / ``compile`` (each possibly ``"auto"``) for a
     run of ``cfg`` with ``num_classes`` classes at ``crop`` (H, W) and per-process ``batch`` on
     ``device`` with ``threads`` intra-op threads. ``timer``, ``bf16_units`` and ``grad_error``
-    replace the measurements (tests)."""
+    replace the measurements (tests). ``fast_ops``: whether the run swaps in
+    :mod:`dabnet_lib.fast_ops` (resolved by the caller; timed that way and recorded in the choice)."""
     if device.type == "cuda":
-        return _cuda_choice(amp, channels_last, compile, device)
+        return _with_fast_ops(_cuda_choice(amp, channels_last, compile, device), fast_ops)
     if "auto" not in (amp, channels_last, compile):
-        return TrainingChoice(amp, bool(channels_last), bool(compile), "explicit")
+        return TrainingChoice(amp, bool(channels_last), bool(compile), "explicit", fast_ops=fast_ops)
     units = has_bf16_units() if bf16_units is None else bf16_units
     probe = grad_error or (lambda: bf16_channels_last_grad_error("cpu"))
     valid, refused = candidate_space(amp, channels_last, compile, units, probe)
     if len(valid) == 1:
         c = valid[0]
-        return TrainingChoice(c.amp, c.channels_last, c.compile, "rule", tuple(refused + [_row(c, "ok")]))
-    key = cache_key(valid, num_classes, cfg, crop, batch, threads)
+        return TrainingChoice(c.amp, c.channels_last, c.compile, "rule", tuple(refused + [_row(c, "ok")]),
+                              fast_ops=fast_ops)
+    key = cache_key(valid, num_classes, cfg, crop, batch, threads, fast_ops)
     path = cache_dir() / "autotune.json"
     if use_cache:
         hit = cached_choice(path, key)
@@ -375,13 +387,13 @@ def choose(amp: str, channels_last: bool | str, compile: bool | str, device: tor
     log(f"autotune: measuring {len(valid)} ways to train at {crop[0]}x{crop[1]}, batch {batch}, {threads} threads "
         f"(once per machine; cached in {path})")
     start = time.perf_counter()
-    rows = measure(valid, timer or StepTimer(num_classes, cfg, crop, batch), log)
+    rows = measure(valid, timer or StepTimer(num_classes, cfg, crop, batch, fast_ops), log)
     best = pick(rows)
     if best is None:
         raise RuntimeError("autotune: no way to train worked on this machine: " +
                            "; ".join(f"{r['label']}: {r['reason']}" for r in rows))
     choice = TrainingChoice(best.amp, best.channels_last, best.compile, "measured", tuple(refused + rows),
-                            time.perf_counter() - start, key)
+                            time.perf_counter() - start, key, fast_ops)
     if use_cache:
         store_choice(path, key, choice)
     return choice

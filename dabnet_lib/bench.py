@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed as D
 from .datasets import CAMVID, build_dataset, subset
 from .autotune import Candidate
+from .fast_ops import use_fast_ops
 from .machine import cpu_name
 from .step import autocast_dtype, train_step, training_layout
 from .losses import build_loss
@@ -105,14 +106,14 @@ class _Loop:
 
 
 def _engine_loop(c: Candidate, ds: Any, input_size: tuple[int, int], batch_size: int, num_workers: int, seed: int,
-                 criterion: torch.nn.Module, total: int) -> _Loop:
+                 criterion: torch.nn.Module, total: int, fast_ops: bool = False) -> _Loop:
     """This engine's loop trained as candidate ``c`` (precision, layout, compile)."""
     cpu = torch.device("cpu")
     info = CAMVID
     amp_dtype = autocast_dtype(c.amp, cpu)
     plan = training_layout(c.channels_last, amp_dtype, cpu)
     torch.manual_seed(seed)
-    model = DABNet(info.num_classes).to(memory_format=plan.memory_format).train()
+    model = use_fast_ops(DABNet(info.num_classes).to(memory_format=plan.memory_format).train(), fast_ops)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
     step_model = torch.compile(model, dynamic=False, options=plan.compile_options) if c.compile else model
     sched = WarmupPolyLR(opt, total, 500, 1 / 3, 0.9)
@@ -135,7 +136,8 @@ def _engine_loop(c: Candidate, ds: Any, input_size: tuple[int, int], batch_size:
 def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidate], batch_size: int = 8,
                 input_size: tuple[int, int] = (360, 480), iters: int = 4, rounds: int = 3, warmup: int = 1,
                 num_workers: int = 0, official_workers: int = 4, seed: int = 0, max_images: int | None = None,
-                threads: int | None = None, status: Mapping[Candidate, str] | None = None) -> dict[str, Any]:
+                threads: int | None = None, status: Mapping[Candidate, str] | None = None,
+                fast_ops: bool = False) -> dict[str, Any]:
     """Images/s of (a) the official-style loop and (b) this engine trained as each of ``candidates``
     (see the module docstring); ``status`` notes per candidate (e.g. why the autotuner refuses it).
 
@@ -144,7 +146,8 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
     happens), so that the load of other processes on a shared machine falls on all alike. A round of
     (a) starts its workers afresh and may use batches they decoded during its untimed iteration, which
     hides part of (a)'s decoding cost: the ratios are conservative. ``max_images`` limits the training
-    images (tests); ``threads`` sets torch's intra-op threads for all loops (default: all cores).
+    images (tests); ``threads`` sets torch's intra-op threads for all loops (default: all cores);
+    ``fast_ops`` swaps :mod:`dabnet_lib.fast_ops` into every engine loop (as training does on CPU).
     Result: ``official`` and ``engines`` (one dict per candidate, with ``label`` and ``ratio``
     against the official loop); ``ratio`` is the first candidate's.
     """
@@ -157,7 +160,8 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
         torch.set_num_threads(threads)
     out: dict[str, Any] = {"batch_size": batch_size, "input_size": list(input_size), "iters": iters, "rounds": rounds,
                            "warmup": warmup, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                           "cpu": cpu_name(), "torch": torch.__version__, "load_before": os.getloadavg()[0]}
+                           "cpu": cpu_name(), "torch": torch.__version__, "load_before": os.getloadavg()[0],
+                           "fast_ops": fast_ops}
 
     # (a) official style
     torch.manual_seed(seed)
@@ -189,7 +193,8 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
     ds.cache_in_memory(progress=False)
     out["decode_once_s"] = time.perf_counter() - t
     official = _Loop(official_batches, official_step)
-    engines = {c: _engine_loop(c, ds, input_size, batch_size, num_workers, seed, criterion, total) for c in candidates}
+    engines = {c: _engine_loop(c, ds, input_size, batch_size, num_workers, seed, criterion, total, fast_ops)
+               for c in candidates}
     t = time.perf_counter()
     official.run(warmup, 0)
     out["official_warmup_s"] = time.perf_counter() - t
@@ -231,7 +236,7 @@ def format_bench(result: dict[str, Any]) -> str:
         f"(a) official-style loop (cv2 decode per sample, NCHW, fp32 eager, {a['num_workers']} workers, scheduler "
         f"rebuilt every step): {a['images_per_s']:.2f} images/s (rounds: {rates(a)})",
         f"(b) this engine (decoded once in {result['decode_once_s']:.1f} s, {result['engines'][0]['num_workers']} "
-        "workers), per way to train:",
+        f"workers, {'fast CPU ops' if result['fast_ops'] else 'stock ops'}), per way to train:",
     ]
     for e in result["engines"]:
         note = f"  [{e['status']}]" if e["status"] else ""

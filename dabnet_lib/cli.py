@@ -166,6 +166,8 @@ def _add_bench_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
                    help="engine memory layout (default auto: measured)")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the engine's model (default auto: measured)")
+    p.add_argument("--fast-ops", action=argparse.BooleanOptionalAction, default=None,
+                   help="the engine with dabnet_lib.fast_ops (default: as training decides, on for CPU)")
     p.add_argument("--sweep", action="store_true",
                    help="time every way to train (fp32/bf16 x NCHW/channels_last x eager/compiled, ~10 min)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -180,11 +182,13 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     from .bench import bench_train, format_bench
     from .datasets import CAMVID
     from .engine import default_data_root
+    from .fast_ops import fast_ops_rule
     from .machine import has_bf16_units
     from .model import DABNetConfig
     from .step import bf16_channels_last_grad_error
 
     onoff = {"auto": "auto", "on": True, "off": False}
+    fast = fast_ops_rule("cpu") if args.fast_ops is None else args.fast_ops
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     status: dict[Candidate, str] = {}
@@ -196,7 +200,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     else:
         choice = choose(args.amp, onoff[args.channels_last], onoff[args.compile], torch.device("cpu"),
                         CAMVID.num_classes, DABNetConfig(), args.input_size, args.batch_size, torch.get_num_threads(),
-                        log=lambda m: print(m, flush=True))
+                        log=lambda m: print(m, flush=True), fast_ops=fast)
         if not args.json:
             print("\n".join(choice.describe()), flush=True)
         cands = [choice.candidate]
@@ -204,7 +208,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     result = bench_train(args.data_root or default_data_root("camvid"), cands, batch_size=args.batch_size,
                          input_size=args.input_size, iters=args.iters, rounds=args.rounds, warmup=args.warmup,
                          num_workers=args.num_workers, official_workers=args.official_workers,
-                         threads=args.threads, status=status)
+                         threads=args.threads, status=status, fast_ops=fast)
     print(json.dumps(result) if args.json else format_bench(result))
     return 0
 

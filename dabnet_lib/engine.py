@@ -58,6 +58,7 @@ from .checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_fo
 from .datasets import SegmentationDataset, build_dataset, get_info, statistics, subset
 from .errors import CheckpointError, DabnetError
 from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
+from .fast_ops import fast_ops_rule, use_fast_ops
 from .host_memory import plan_caches
 from .inference import resolve_device
 from .losses import build_loss
@@ -172,7 +173,7 @@ class _Trainer:
 
         # model, optimiser, schedule
         torch.manual_seed(r.seed)
-        net: nn.Module = DABNet(self.info.num_classes, self.cfg)
+        net: nn.Module = use_fast_ops(DABNet(self.info.num_classes, self.cfg), self.choice.fast_ops)
         if r.sync_bn and ctx.enabled:
             if device.type != "cuda":
                 raise DabnetError("sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): drop --sync-bn on CPU")
@@ -226,8 +227,10 @@ class _Trainer:
         if saved:
             choice = TrainingChoice.from_dict(saved, source="checkpoint")
         elif self.main:
+            fast = fast_ops_rule(self.dev) if r.fast_ops == "auto" else bool(r.fast_ops)
             choice = choose(r.amp, r.channels_last, r.compile, self.dev, self.info.num_classes, self.cfg,
-                            r.crop_size, self.batch, torch.get_num_threads(), log=lambda m: self.log(m, always=True))
+                            r.crop_size, self.batch, torch.get_num_threads(), log=lambda m: self.log(m, always=True),
+                            fast_ops=fast)
         else:
             choice = None
         choice = D.broadcast_object(choice, self.ctx)

@@ -101,6 +101,7 @@ class Recipe:
     amp: str = "auto"                   # auto: CUDA bf16 where native, else fp16 + GradScaler; CPU measured
     sync_bn: bool = False
     compile: bool | str = False         # or "auto": measured on CPU
+    fast_ops: bool | str = "auto"       # exact fast CPU backward ops (dabnet_lib.fast_ops); auto: on CPU
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -232,11 +233,11 @@ def _check(name: str, value: Any) -> Any:
         return _floats(name, value, None, lo_open=0.0)
     if name in ("crop_size", "final_crop_size"):
         return _size(name, value, optional=name == "final_crop_size")
-    if name in ("channels_last", "compile") and value == "auto":
+    if name in ("channels_last", "compile", "fast_ops") and value == "auto":
         return value
-    if name in ("mirror", "channels_last", "sync_bn", "compile"):
+    if name in ("mirror", "channels_last", "sync_bn", "compile", "fast_ops"):
         if not isinstance(value, bool):
-            _fail(name, value, "true or false" + (' or "auto"' if name in ("channels_last", "compile") else ""))
+            _fail(name, value, "true or false" + (' or "auto"' if name in ("channels_last", "compile", "fast_ops") else ""))
         return value
     if name == "class_weights":
         value = "none" if value is None else value

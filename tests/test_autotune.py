@@ -252,3 +252,14 @@ def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path:
         fit(recipe.replace(epochs=2), camvid_root, out, resume=True, quiet=True)
     assert len(calls) == 1  # the resumed run took the checkpoint's choice, no new measurement
     assert json.loads((out / "summary.json").read_text())["training_choice"]["source"] == "checkpoint"
+
+
+@pytest.mark.parametrize("fast_ops, expected", [("auto", True), (False, False)])
+def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(fast_ops: object, expected: bool, camvid_root: Path,
+                                                               tmp_path: Path) -> None:
+    from dabnet_lib.engine import fit
+
+    recipe = get_recipe("camvid", "smoke").replace(epochs=1, fast_ops=fast_ops)
+    summary = fit(recipe, camvid_root, tmp_path / "run", quiet=True)
+    assert summary["training_choice"]["fast_ops"] is expected
+    assert ("fast CPU ops" in "\n".join(autotune.choice_lines(summary["training_choice"]))) is expected
