@@ -33,7 +33,7 @@ from . import distributed as D
 from .datasets import CAMVID, build_dataset, subset
 from .autotune import Candidate
 from .fast_ops import use_fast_ops
-from .machine import cpu_name
+from .machine import cpu_label
 from .step import autocast_dtype, train_step, training_layout
 from .losses import build_loss
 from .model import DABNet
@@ -160,7 +160,7 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
         torch.set_num_threads(threads)
     out: dict[str, Any] = {"batch_size": batch_size, "input_size": list(input_size), "iters": iters, "rounds": rounds,
                            "warmup": warmup, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                           "cpu": cpu_name(), "torch": torch.__version__, "load_before": os.getloadavg()[0],
+                           "cpu": cpu_label(), "torch": torch.__version__, "load_before": os.getloadavg()[0],
                            "fast_ops": fast_ops}
 
     # (a) official style

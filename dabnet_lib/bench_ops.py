@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .fast_ops import count_fast_ops, use_fast_ops
 from .model import DABNet
-from .reports import cpu_name
+from .machine import cpu_label
 
 #: The issue's training-step target: fast ops at least this many times faster than the stock ops.
 TRAIN_STEP_TARGET = 1.3
@@ -77,7 +77,7 @@ def bench_fast_ops(input_size: tuple[int, int] = (180, 240), batch: int = 8, thr
         torch.set_num_threads(previous)
     stock_ms, fast_ms = statistics.median(times["stock"]), statistics.median(times["fast"])
     return {"stock_ms": stock_ms, "fast_ms": fast_ms, "ratio": stock_ms / fast_ms, "times_ms": times,
-            "cpu": cpu_name(), "threads": threads, "batch": batch, "input_size": tuple(input_size), "amp": amp,
+            "cpu": cpu_label(), "threads": threads, "batch": batch, "input_size": tuple(input_size), "amp": amp,
             "channels_last": channels_last, "torch": torch.__version__, "fast_ops": count_fast_ops(fast),
             "target": TRAIN_STEP_TARGET}
 

@@ -38,6 +38,22 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
 
 
+def isa_summary(flags: frozenset[str] | None = None) -> str:
+    """The vector units that decide which training setup is fast, e.g. ``AVX-512, AMX-BF16`` or
+    ``AVX2, no bf16 units`` (a virtual machine's model name often hides the CPU generation)."""
+    flags = cpu_flags() if flags is None else flags
+    if not flags:
+        return "unknown ISA"
+    vec = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    bf16 = "AMX-BF16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no bf16 units"
+    return f"{vec}, {bf16}"
+
+
+def cpu_label() -> str:
+    """``<CPU model> [<ISA summary>]``: how measured numbers name the CPU."""
+    return f"{cpu_name()} [{isa_summary()}]"
+
+
 def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
     """True when the CPU computes bf16 in hardware (see :data:`BF16_FLAGS`). Where /proc/cpuinfo is
     missing (not Linux), oneDNN's own check decides."""
@@ -51,7 +67,7 @@ def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
 
 def device_label(device: "str | object") -> str:
     """The hardware a number was measured on: the GPU's name for a CUDA device, else
-    ``<CPU model> (<N> CPUs)``."""
+    ``<CPU model> [<ISA summary>] (<N> CPUs)``."""
     import os
 
     import torch
@@ -59,4 +75,4 @@ def device_label(device: "str | object") -> str:
     dev = torch.device(str(device))
     if dev.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(dev)
-    return f"{cpu_name()} ({os.cpu_count()} CPUs)"
+    return f"{cpu_label()} ({os.cpu_count()} CPUs)"

@@ -39,7 +39,7 @@ from .inference_variants import (
     relative_difference,
 )
 from .model import count_parameters
-from .reports import cpu_name
+from .machine import cpu_label
 
 #: Which unit the paper's tables use for FLOPs: our sources (../shared/paper/dabnet_tables.md, the
 #: official README) give no FLOP figure for DABNet at all, so we cannot tell.
@@ -102,7 +102,7 @@ def device_name(device: torch.device | str = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
+    return f"{cpu_label()} ({os.cpu_count()} logical CPUs)"
 
 
 def load_average() -> float | None:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .checkpoints import write_bytes_atomic
-from .machine import cpu_name
+from .machine import cpu_label, cpu_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def hardware_summary(device: str | torch.device | None = None) -> str:
     if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(dev)
         return f"{gpu} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    return f"{os.cpu_count()}-core {cpu_name()} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    return f"{os.cpu_count()}-core {cpu_label()} ({torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def git_commit(short: bool = True) -> str:

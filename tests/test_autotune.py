@@ -263,3 +263,15 @@ def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(fast_ops: object,
     summary = fit(recipe, camvid_root, tmp_path / "run", quiet=True)
     assert summary["training_choice"]["fast_ops"] is expected
     assert ("fast CPU ops" in "\n".join(autotune.choice_lines(summary["training_choice"]))) is expected
+
+
+@pytest.mark.parametrize("flags, text", [
+    ({"avx2", "avx512f", "amx_bf16", "avx512_bf16"}, "AVX-512, AMX-BF16"),
+    ({"avx2", "fma"}, "AVX2, no bf16 units"),
+    ({"avx2", "avx512f", "avx512_bf16"}, "AVX-512, AVX512-BF16"),
+])
+def test_measured_numbers_name_the_cpu_units(flags: set[str], text: str) -> None:
+    from dabnet_lib.machine import isa_summary
+
+    assert isa_summary(frozenset(flags)) == text
+    assert has_bf16_units(frozenset(flags)) is ("no bf16" not in text)
