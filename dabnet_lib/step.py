@@ -84,16 +84,17 @@ class TrainingLayout:
 
 def training_layout(channels_last: bool, amp_dtype: torch.dtype | None, device: torch.device) -> TrainingLayout:
     """channels_last when requested, unless bf16 autocast's channels_last gradients fail
-    :func:`bf16_channels_last_grad_error`: then NCHW, and torch.compile's inductor is told not to
-    convert convolutions to channels_last on its own (``layout_optimization``), which it otherwise
-    does and which brings the wrong gradients back."""
-    if channels_last and amp_dtype == torch.bfloat16:
+    :func:`bf16_channels_last_grad_error`: then NCHW. Under bf16 with that defect torch.compile's
+    inductor is always told not to convert convolutions to channels_last on its own
+    (``layout_optimization``), also when NCHW was asked for: it otherwise does so by itself and
+    brings the wrong gradients back."""
+    if amp_dtype == torch.bfloat16:
         err = bf16_channels_last_grad_error(device.type)
         if not err <= GRAD_PROBE_TOLERANCE:
-            return TrainingLayout(torch.contiguous_format, {"layout_optimization": False}, (
-                f"channels_last off: this PyTorch ({torch.__version__}) computes wrong bf16 channels_last gradients "
-                f"for dilated depthwise convolutions on {device.type} (probe relative error {err:.3g}); training in "
-                "NCHW, also inside torch.compile (correct, somewhat slower)"))
+            note = (f"channels_last off: this PyTorch ({torch.__version__}) computes wrong bf16 channels_last gradients "
+                    f"for dilated depthwise convolutions on {device.type} (probe relative error {err:.3g}); training in "
+                    "NCHW, also inside torch.compile (correct, somewhat slower)") if channels_last else None
+            return TrainingLayout(torch.contiguous_format, {"layout_optimization": False}, note)
     return TrainingLayout(torch.channels_last if channels_last else torch.contiguous_format)
 
 

@@ -77,14 +77,16 @@ def _dilated_conv_grad_errors(layout, compiled: bool, repeats: int) -> list[floa
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("requested", [True, False], ids=["channels_last", "nchw"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_chosen_bf16_layout_gives_correct_dilated_depthwise_gradients(compiled: bool) -> None:
+def test_chosen_bf16_layout_gives_correct_dilated_depthwise_gradients(compiled: bool, requested: bool) -> None:
     """Whatever layout the probe picks for bf16 training, DABNet's dilated depthwise convolution
     gets weight gradients equal to fp32 up to bf16 rounding, eager and inside torch.compile (the
     defect it guards against gives errors of 1e0..1e35, and inductor converts to channels_last on
-    its own unless told not to)."""
-    layout = training_layout(True, torch.bfloat16, torch.device("cpu"))
-    assert (layout.note is None) == (layout.memory_format == torch.channels_last)
+    its own unless told not to, also when NCHW was requested: the autotuner's "bf16 NCHW compiled")."""
+    layout = training_layout(requested, torch.bfloat16, torch.device("cpu"))
+    if requested:
+        assert (layout.note is None) == (layout.memory_format == torch.channels_last)
     errors = _dilated_conv_grad_errors(layout, compiled, repeats=3 if compiled else 5)
     assert all(e <= GRAD_PROBE_TOLERANCE for e in errors), (layout, errors)
 
@@ -99,6 +101,8 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
     refused = training_layout(True, torch.bfloat16, cpu)
     assert refused.memory_format == torch.contiguous_format and "channels_last off" in refused.note
     assert refused.compile_options == {"layout_optimization": False} and "inf" in refused.note
+    nchw = training_layout(False, torch.bfloat16, cpu)  # NCHW asked for: no note, but inductor still told
+    assert nchw.note is None and nchw.compile_options == {"layout_optimization": False}
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 0.004)
     assert training_layout(True, torch.bfloat16, cpu).memory_format == torch.channels_last
 
