@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -80,9 +80,11 @@ def variant_costs(config: DABNetConfig, num_classes: int, latency_iters: int = 5
 def run_ablations(recipe: Recipe, data_root: str | Path, out_dir: str | Path,
                   variants: Mapping[str, tuple[DABNetConfig, str]] = VARIANTS,
                   noise_seeds: int = 1, quiet: bool = True, latency_iters: int = 5,
-                  log: Callable[[str], None] = print) -> pd.DataFrame:
+                  log: Callable[[str], None] = print,
+                  callbacks: Callable[[str], Sequence[Any]] | None = None) -> pd.DataFrame:
     """Train every variant under ``recipe`` (same seed and budget) into ``out_dir/<variant>``.
 
+    ``callbacks(name)`` gives each run's training callbacks (e.g. notebook 02's live progress).
     Runs are resumed when their ``last.pt`` exists (an interrupted sweep continues). ``noise_seeds``
     extra seeds of the first variant measure run-to-run noise (rows ``<first>_seed<k>``). Returns one
     row per run: variant, change, seed, params, GFLOPs, CPU latency, val mIoU (%), budget.
@@ -97,7 +99,8 @@ def run_ablations(recipe: Recipe, data_root: str | Path, out_dir: str | Path,
     for i, (name, cfg, note, seed) in enumerate(runs, 1):
         log(f"[{i}/{len(runs)}] {name}: {note}")
         run_recipe = recipe.replace(model_config=cfg.to_dict(), seed=seed)
-        summary = fit(run_recipe, data_root, out_dir / name, resume="auto", quiet=quiet)
+        summary = fit(run_recipe, data_root, out_dir / name, resume="auto", quiet=quiet,
+                      callbacks=callbacks(name) if callbacks else ())
         result = evaluate_checkpoint(summary["last"], data_root, split=recipe.val_split or "val",
                                      progress=not quiet, limit=recipe.val_max_images)
         num_classes = num_classes or len(result["iou"])

@@ -175,3 +175,23 @@ def test_run_all_publishes_03_and_evaluates_the_published_file(tmp_path: Path) -
         assert notebook_parameters(name, "smoke", "camvid", outside)["checkpoint"] == str(published)
     assert notebook_parameters("04", "smoke", "camvid", outside, extra={"checkpoint": "mine.pt"})["checkpoint"] == "mine.pt"
     assert "checkpoint" not in notebook_parameters("02", "smoke", "camvid", outside)
+
+
+def test_ablation_runs_report_progress_to_their_callbacks(camvid_root: Path, tmp_path: Path) -> None:
+    """Notebook 02 shows each run's progress: run_ablations hands every run its own callbacks."""
+    from dabnet_lib.ablations import VARIANTS, ablation_recipe, run_ablations
+
+    seen: dict[str, list[int]] = {}
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def on_iteration(self, info) -> None:
+            seen.setdefault(self.name, []).append(info["iteration"])
+
+    recipe = ablation_recipe("camvid", "smoke", iters=2).replace(max_images=4, val_max_images=2, batch_size=2)
+    table = run_ablations(recipe, camvid_root, tmp_path, {"paper": VARIANTS["paper"]}, noise_seeds=1,
+                          latency_iters=1, log=lambda _m: None, callbacks=lambda name: [Recorder(name)])
+    assert list(table["variant"]) == ["paper", "paper_seed1"]
+    assert seen == {"paper": [1, 2], "paper_seed1": [1, 2]}
