@@ -19,7 +19,7 @@ from dabnet_lib.workbook import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, Para
 COMMON_PARAMETERS = {"dataset", "data_root", "profile", "run_dir", "reports_dir", "seed"}
 OWN_PARAMETERS = {
     "01_data_exploration": {"max_images"},
-    "02_dab_ablations": {"variants", "iters_per_variant", "noise_seeds"},
+    "02_dab_ablations": {"variants", "iters_per_variant", "noise_seeds", "live"},
     "03_training": {"overrides", "publish_checkpoint", "live"},
     "04_evaluation": {"checkpoint", "split", "limit"},
     "05_qualitative_results": {"checkpoint", "split", "per_group", "limit"},
