@@ -291,7 +291,7 @@ def cache_key(candidates: Iterable[Candidate], num_classes: int, cfg: DABNetConf
     """Everything a measured choice depends on."""
     flags = " ".join(sorted(cpu_flags()))
     return {"cpu": cpu_name(), "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:16],
-            "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "threads": threads, "torch": str(torch.__version__),
             "model_config": cfg.to_dict(), "num_classes": num_classes, "crop": list(crop), "batch": batch,
             "candidates": sorted(c.label for c in candidates), "fast_ops": fast_ops}
 

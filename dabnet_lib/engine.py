@@ -221,10 +221,12 @@ class _Trainer:
 
     def _choose(self) -> TrainingChoice:
         """Precision, layout and compile for this run (see :mod:`dabnet_lib.autotune`); a resumed run
-        keeps the choice its checkpoint recorded; under DDP rank 0 decides for all."""
+        keeps the choice its checkpoint recorded unless the recipe sets amp, channels_last, compile or
+        fast_ops explicitly; under DDP rank 0 decides for all."""
         r = self.r
         saved = (self.resume_ckpt or {}).get("training_choice")
-        if saved:
+        all_auto = all(v == "auto" for v in (r.amp, r.channels_last, r.compile, r.fast_ops))
+        if saved and all_auto:  # explicit recipe values win over the checkpoint's choice
             choice = TrainingChoice.from_dict(saved, source="checkpoint")
         elif self.main:
             fast = fast_ops_rule(self.dev) if r.fast_ops == "auto" else bool(r.fast_ops)

@@ -275,3 +275,13 @@ def test_measured_numbers_name_the_cpu_units(flags: set[str], text: str) -> None
 
     assert isa_summary(frozenset(flags)) == text
     assert has_bf16_units(frozenset(flags)) is ("no bf16" not in text)
+
+
+def test_a_measured_choice_is_plain_data_that_weights_only_checkpoints_accept(tmp_path: Path) -> None:
+    """torch.__version__ is a TorchVersion object: kept as such in the choice's key, it made a
+    checkpoint unreadable under torch.load(weights_only=True), so a measured run could not resume."""
+    choice = _choose(FakeTimer(ALL))
+    assert type(choice.key["torch"]) is str
+    path = tmp_path / "c.pt"
+    torch.save({"training_choice": choice.to_dict()}, path)
+    assert torch.load(path, weights_only=True)["training_choice"]["label"] == choice.candidate.label
