@@ -241,7 +241,7 @@ def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path:
         return picked
 
     monkeypatch.setattr("dabnet_lib.engine.choose", fake_choose)
-    recipe = get_recipe("camvid", "smoke").replace(amp="auto", channels_last="auto", epochs=1)
+    recipe = get_recipe("camvid", "smoke").replace(amp="auto", channels_last="auto", compile="auto", epochs=1)
     out = tmp_path / "run"
     fit(recipe, camvid_root, out, quiet=True)
     summary = json.loads((out / "summary.json").read_text())
@@ -252,6 +252,8 @@ def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path:
         fit(recipe.replace(epochs=2), camvid_root, out, resume=True, quiet=True)
     assert len(calls) == 1  # the resumed run took the checkpoint's choice, no new measurement
     assert json.loads((out / "summary.json").read_text())["training_choice"]["source"] == "checkpoint"
+    fit(recipe.replace(epochs=3, compile=False), camvid_root, out, resume=True, quiet=True)
+    assert len(calls) == 2  # an explicit value in the recipe wins over the checkpoint's choice: chosen anew
 
 
 @pytest.mark.parametrize("fast_ops, expected", [("auto", True), (False, False)])
