@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .training_events import IterationInfo, TrainingCallback
+from .training_events import IterationInfo, TrainingCallback, kept_loss
 
 LIVE_PLOT_CLASS = "dabnet-live-plot"  # DOM class of the live figure (the browser test finds it by it)
 
@@ -55,7 +55,8 @@ class LiveProgress(TrainingCallback):
         self.plot_updates = 0
         self._drawn = 0  # len(points) at the last draw
         self._acc: torch.Tensor | None = None  # loss sum since the last refresh, on the training device
-        self._loss_n = self._images = 0
+        self._loss_n: torch.Tensor | int = 0
+        self._images = 0
         self._t_last = time.perf_counter()
         self._next_line = 0.0
 
@@ -93,14 +94,12 @@ class LiveProgress(TrainingCallback):
     # -- the bar ------------------------------------------------------------------------------------
     def _window_loss(self, info: IterationInfo) -> None:
         """Accumulate the loss on the device; a host sync happens only at a refresh."""
-        if not info["applied"]:
-            return
-        loss = info["loss"].detach().double()
-        self._acc = loss if self._acc is None else self._acc + loss
-        self._loss_n += 1
+        kept, applied = kept_loss(info)
+        self._acc = kept if self._acc is None else self._acc + kept
+        self._loss_n = self._loss_n + applied
 
     def _take_loss(self) -> float | None:
-        acc, n = self._acc, self._loss_n
+        acc, n = self._acc, float(self._loss_n)
         self._acc, self._loss_n = None, 0
         return None if acc is None or n == 0 else float(acc) / n
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .datasets import get_info
-from .training_events import Examples, IterationInfo, TrainingCallback
+from .training_events import Examples, IterationInfo, TrainingCallback, kept_loss
 from .visualize import colorize
 
 INSTALL_HINT = "TensorBoard logging is off: `pip install tensorboard` (or `make setup`) turns it on"
@@ -77,21 +77,20 @@ class TensorBoardLogger(TrainingCallback):
 
     def on_iteration(self, info: IterationInfo) -> None:
         w = self._open(info["iteration"])
-        if info["applied"]:
-            loss = info["loss"].detach().double()
-            self._window_loss = loss if self._window_loss is None else self._window_loss + loss
-            self._window_steps += 1
-        else:
-            self.skipped += 1
+        kept, applied = kept_loss(info)  # on the device: read on the host only when writing
+        self._window_loss = kept if self._window_loss is None else self._window_loss + kept
+        self._window_steps = self._window_steps + applied
+        self.skipped = self.skipped + (1 - applied)
         self._window_images += info["images"]
         if info["iteration"] % self.every and info["iteration"] % info["iters_per_epoch"]:
             return  # a point every `every` iterations and at every epoch's end
         step, now = info["iteration"], time.perf_counter()
-        if self._window_loss is not None:
-            w.add_scalar("train/loss", float(self._window_loss) / self._window_steps, step)
+        steps = float(self._window_steps)
+        if steps:
+            w.add_scalar("train/loss", float(self._window_loss) / steps, step)
         w.add_scalar("train/lr", info["lr"], step)
         w.add_scalar("train/images_per_s", self._window_images / max(now - self._window_t, 1e-9), step)
-        w.add_scalar("train/skipped_steps", self.skipped, step)
+        w.add_scalar("train/skipped_steps", int(self.skipped), step)
         self._window_loss, self._window_steps, self._window_images, self._window_t = None, 0, 0, now
 
     def on_epoch(self, row: Mapping[str, Any]) -> None:

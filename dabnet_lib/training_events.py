@@ -48,6 +48,14 @@ class IterationInfo(TypedDict):
     budget_s: float | None
 
 
+def kept_loss(info: IterationInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss if the step was applied else 0, 1 if applied else 0)`` as float64 tensors on the loss's
+    device: callbacks sum these without a host sync, also when ``applied`` is a device flag (CUDA)."""
+    loss = info["loss"].detach().double()
+    ok = torch.as_tensor(info["applied"], device=loss.device)
+    return torch.where(ok, loss, torch.zeros_like(loss)), ok.double()
+
+
 class Example(NamedTuple):
     """One validation picture: ``image`` uint8 (H, W, 3) RGB, ``label`` and ``pred`` (H, W) class ids."""
 
