@@ -13,7 +13,7 @@ CAMVID_SOURCE ?= $(if $(wildcard ../shared/data/camvid/train),../shared/data/cam
 DATA_ROOT ?= data/$(DATASET)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data test test-browser gpu-check readme-picture run-all notebooks nb lab tensorboard clean
+.PHONY: help setup data test test-browser gpu-check readme-picture run-all notebooks nb ablations lab tensorboard clean
 
 help: ## list the targets
 	@echo "DABNet workbook: make <target> [VAR=value]"
@@ -55,6 +55,12 @@ $(foreach nb,04_evaluation 05_qualitative_results 06_fps_profiling,$(REPORTS)/no
 nb: $(STAMP) ## run one notebook now, e.g. `make nb N=03 PROFILE=smoke`
 	@test -n "$(N)" || { echo "usage: make nb N=03 [PROFILE=smoke]"; exit 2; }
 	$(WORKBOOK) run $(N) $(NB_ARGS)
+
+SHARD ?=
+THREADS ?=
+ablations: $(STAMP) $(if $(filter camvid,$(DATASET)),data) ## DAB ablation sweep with its noise study (continues where it stopped; SHARD=1/2 THREADS=1 splits it)
+	$(PY) -m dabnet_lib.cli ablations --profile $(PROFILE) --dataset $(DATASET) --data-root $(DATA_ROOT) --noise-study \
+	  $(if $(SHARD),--shard $(SHARD)) $(if $(THREADS),--threads $(THREADS))
 
 # The venv as the named Jupyter kernel (its name is dabnet_lib.workbook.KERNEL_NAME), installed inside
 # .venv (--sys-prefix): notebooks never pick another interpreter, and your home folder is not touched.

@@ -536,6 +536,80 @@ _COMMANDS["export"] = (_add_export, _run_export)
 _COMMANDS["bench-ops"] = (_add_bench_ops, _run_bench_ops)
 
 
+# ----------------------------------------------------------------- ablations (notebook 02's sweep)
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 0,1,2; got {text!r}") from None
+
+
+def _add_ablations(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .recipes import DATASET_NAMES, PROFILES
+
+    p = sub.add_parser(
+        "ablations", help="DAB ablation sweep: (variant, seed) units, paired deltas with 95%% intervals",
+        description="Train every (variant, seed) unit of the DAB ablation sweep that has no result file yet, one "
+                    "JSON file per unit (committed under reports/ablations/ for the cpu profile), then rebuild "
+                    "reports/ablations.{md,csv}, ablations_noise.{md,csv} and figures/ablations.png from all unit "
+                    "files. An interrupted sweep continues; --shard i/n splits it between processes or machines; "
+                    "--backend ray fans it out over a Ray instance.")
+    p.add_argument("--dataset", choices=DATASET_NAMES, default="camvid", help="dataset (default camvid)")
+    p.add_argument("--profile", choices=PROFILES, default="cpu", help="recipe profile (default cpu)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default data/<dataset>)")
+    p.add_argument("--variants", default="all", help="comma-separated names from dabnet_lib.ablations.VARIANTS "
+                                                     "(default all)")
+    p.add_argument("--seeds", type=_int_list, default=None, help="seed list of every variant (default: the profile's)")
+    p.add_argument("--iters", type=int, default=None, help="iterations per unit (default: the profile's budget)")
+    p.add_argument("--noise-study", action="store_true",
+                   help="also train the reference at the noise study's budgets and seeds (ablations.NOISE_*)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="train only shard I of N (1 <= I <= N)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="local (default) or ray")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per unit (default: all cores)")
+    p.add_argument("--units-dir", default=None, metavar="DIR", help="unit result files (default <reports>/ablations)")
+    p.add_argument("--runs-dir", default=None, metavar="DIR", help="training runs (default runs/<profile>/<dataset>/ablations)")
+    p.add_argument("--reports-dir", default=None, metavar="DIR", help="tables and figure (default: the profile's reports)")
+    p.add_argument("--table-only", action="store_true", help="train nothing: rebuild the reports from the unit files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_ablations(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .ablation_reports import rebuild_reports
+    from .ablation_sweep import Sweep, plan, run_sweep
+    from .ablation_units import parse_shard, shard_units
+    from .engine import default_data_root
+    from .workbook import Layout
+
+    if args.threads is not None and args.threads < 1:
+        raise DabnetError(f"--threads {args.threads}: needs at least 1")
+    shard = parse_shard(args.shard) if args.shard else None
+    layout = Layout.for_profile(args.profile, args.dataset)
+    reports = Path(args.reports_dir) if args.reports_dir else layout.reports
+    sweep = Sweep(args.dataset, args.profile, Path(args.data_root) if args.data_root else default_data_root(args.dataset),
+                  Path(args.units_dir) if args.units_dir else reports / "ablations",
+                  Path(args.runs_dir) if args.runs_dir else layout.runs / "ablations",
+                  {"threads": args.threads} if args.threads else {})
+    names = "all" if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
+    units, budget = plan(sweep, names, args.seeds, args.iters, args.noise_study)
+    if not args.table_only:
+        todo = shard_units(units, *shard) if shard else units
+        if shard:
+            print(f"shard {shard[0]}/{shard[1]}: {len(todo)} of {len(units)} unit(s)")
+        run_sweep(sweep, todo, args.backend, args.ray_address, quiet=args.quiet)
+    command = (f"dabnet ablations --dataset {args.dataset} --profile {args.profile}"
+               + (f" --iters {args.iters}" if args.iters else "") + (" --noise-study" if args.noise_study else ""))
+    _tables, paths = rebuild_reports(sweep, units, budget, reports, command)
+    print("\n".join(f"wrote {p}" for p in paths))
+    return 0
+
+
+_COMMANDS["ablations"] = (_add_ablations, _run_ablations)
+
+
 # ----------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,8 +92,8 @@ class TableView:
 VIEWS: dict[str, TableView] = {
     "fps": TableView(("input", "batch", "variant", "ms", "fps", "speedup", "parity"),
                      facts=("device", "threads", "torch", "load_avg_start", "load_avg_end"), problems="error"),
-    "ablations": TableView(("variant", "change", "params", "gflops_360x480", "cpu_ms_360x480", "val_miou",
-                            "delta_vs_default", "resolved", "train_minutes"), facts=("iterations", "epochs")),
+    "ablations": TableView(("variant", "change", "seeds", "val_miou", "delta", "ci_low", "ci_high", "verdict",
+                            "params", "cpu_ms_360x480")),
 }
 MAX_MARKDOWN_COLUMNS = 10  # a test holds every committed report .md to this
 _SHOWN_KEY = "table"  # header key naming how many columns the .md shows

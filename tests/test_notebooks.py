@@ -19,7 +19,7 @@ from dabnet_lib.workbook import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, Para
 COMMON_PARAMETERS = {"dataset", "data_root", "profile", "run_dir", "reports_dir", "seed"}
 OWN_PARAMETERS = {
     "01_data_exploration": {"max_images"},
-    "02_dab_ablations": {"variants", "iters_per_variant", "noise_seeds", "live"},
+    "02_dab_ablations": {"variants", "iters_per_unit", "noise_study", "train", "live"},
     "03_training": {"overrides", "publish_checkpoint", "live"},
     "04_evaluation": {"checkpoint", "split", "limit"},
     "05_qualitative_results": {"checkpoint", "split", "per_group", "limit"},
@@ -85,9 +85,17 @@ def test_smoke_workbook_writes_every_report(smoke_run: dict[str, Path]) -> None:
 def test_smoke_tables_hold_measured_values(smoke_run: dict[str, Path]) -> None:
     reports = smoke_run["base"] / "reports"
     ablations = pd.read_csv(reports / "ablations.csv")
-    assert len(ablations) >= 7 and ablations["variant"].iloc[0] == "paper"
+    assert len(ablations) == 10 and ablations["variant"].iloc[0] == "paper"
+    assert (ablations["seeds"] == 2).all() and (ablations["n_paired"] == 2).all()  # smoke: 2 paired seeds each
     assert ablations["val_miou"].between(0, 100).all() and (ablations["params"] > 0).all()
     assert ablations.loc[ablations["variant"] == "paper", "params"].item() == 754_571
+    others = ablations[ablations["variant"] != "paper"]
+    assert (others["ci_low"] <= others["delta"]).all() and (others["delta"] <= others["ci_high"]).all()
+    assert set(others["verdict"]) <= {"better", "worse", "not resolved"}
+    units = sorted(p.name for p in (reports / "ablations").glob("*.json"))
+    assert len(units) == 22 and "kernel_5__seed1__it4.json" in units and "paper__seed1__it2.json" in units
+    noise = pd.read_csv(reports / "ablations_noise.csv")
+    assert list(noise["iters"]) == [2, 4] and (noise["seeds"] == 2).all()
     evaluation = pd.read_csv(reports / "evaluation.csv")
     assert {"mIoU (standard)", "mIoU (official rule)"} <= set(evaluation["class"])
     fps = pd.read_csv(reports / "fps.csv")

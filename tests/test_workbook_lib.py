@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dabnet_lib import exploration
-from dabnet_lib.ablations import VARIANTS, ablation_recipe, add_noise_verdict
+from dabnet_lib.ablations import VARIANTS
 from dabnet_lib.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model import DABNet, count_parameters
@@ -48,25 +48,6 @@ def test_variants_are_distinct_configs_and_default_is_paper() -> None:
     configs = [cfg for cfg, _ in VARIANTS.values()]
     assert len(set(configs)) == len(configs) >= 6
     assert count_parameters(DABNet(11, configs[0])) == 754_571
-
-
-def test_ablation_recipe_scores_held_out_val() -> None:
-    recipe = ablation_recipe("camvid", "cpu")
-    assert (recipe.train_split, recipe.val_split) == ("train", "val")
-    assert recipe.max_iters == 300 and recipe.minutes is None and recipe.final_fraction == 0.0
-    assert recipe.compile is False and recipe.threads is None  # fixed threads: load changes minutes, not work
-    assert ablation_recipe("camvid", "cpu", iters=40).max_iters == 40
-    assert ablation_recipe("camvid", "smoke").threads == 1 and ablation_recipe("camvid", "smoke").max_iters is None
-
-
-def test_noise_verdict() -> None:
-    table = pd.DataFrame({"variant": ["paper", "a", "b", "paper_seed1"], "val_miou": [50.0, 49.5, 45.0, 51.0]})
-    out = add_noise_verdict(table, "paper")
-    assert out.attrs["noise_points"] == 1.0
-    assert out["delta_vs_default"].tolist() == [0.0, -0.5, -5.0, 1.0]
-    assert out.loc[1, "resolved"] is False and out.loc[2, "resolved"] is True
-    assert math.isnan(out.loc[0, "resolved"])
-    assert math.isnan(add_noise_verdict(table.iloc[:3], "paper").attrs["noise_points"])
 
 
 def test_pick_examples_best_median_worst() -> None:
@@ -175,23 +156,3 @@ def test_run_all_publishes_03_and_evaluates_the_published_file(tmp_path: Path) -
         assert notebook_parameters(name, "smoke", "camvid", outside)["checkpoint"] == str(published)
     assert notebook_parameters("04", "smoke", "camvid", outside, extra={"checkpoint": "mine.pt"})["checkpoint"] == "mine.pt"
     assert "checkpoint" not in notebook_parameters("02", "smoke", "camvid", outside)
-
-
-def test_ablation_runs_report_progress_to_their_callbacks(camvid_root: Path, tmp_path: Path) -> None:
-    """Notebook 02 shows each run's progress: run_ablations hands every run its own callbacks."""
-    from dabnet_lib.ablations import VARIANTS, ablation_recipe, run_ablations
-
-    seen: dict[str, list[int]] = {}
-
-    class Recorder:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def on_iteration(self, info) -> None:
-            seen.setdefault(self.name, []).append(info["iteration"])
-
-    recipe = ablation_recipe("camvid", "smoke", iters=2).replace(max_images=4, val_max_images=2, batch_size=2)
-    table = run_ablations(recipe, camvid_root, tmp_path, {"paper": VARIANTS["paper"]}, noise_seeds=1,
-                          latency_iters=1, log=lambda _m: None, callbacks=lambda name: [Recorder(name)])
-    assert list(table["variant"]) == ["paper", "paper_seed1"]
-    assert seen == {"paper": [1, 2], "paper_seed1": [1, 2]}
