@@ -221,7 +221,7 @@ def build_tables(sweep: Sweep, planned: Sequence[Unit], budget: int, reference: 
             table = table.merge(extra, on="variant", how="left")
     noise_runs = ok[ok["variant"] == reference]
     noise = noise_table(noise_runs) if len(noise_runs) else pd.DataFrame()
-    seeds = tuple(sorted({int(s) for s in at_budget["seed"]}))
+    seeds = tuple(sorted({u.seed for u in planned} or {int(s) for s in at_budget["seed"]}))  # the design's list
     return SweepTables(runs, table, noise, budget, seeds, missing, flagged)
 
 

@@ -43,7 +43,7 @@ REFERENCE = "paper"
 #: Per-unit training iterations of the ablation table, per profile (None = the recipe's epochs).
 #: Iterations, not minutes: every variant sees the same images whatever its speed or the CPU's, and the
 #: measured minutes stand in the unit files. The cpu budget is the noise study's choice (README).
-ABLATION_ITERS: dict[str, int | None] = {"smoke": None, "cpu": 600, "paper": None}
+ABLATION_ITERS: dict[str, int | None] = {"smoke": None, "cpu": 300, "paper": None}
 #: The seed list of every variant (paired design), per profile.
 ABLATION_SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0, 1), "cpu": (0, 1, 2), "paper": (0, 1, 2)}
 #: The noise study: the reference variant at these budgets with these seeds, per profile.
