@@ -15,7 +15,7 @@ from .ablation_sweep import Sweep, SweepTables, build_tables, interpretation, mi
 from .ablation_units import Unit
 from .datasets import get_info
 from .checkpoints import write_bytes_atomic
-from .reports import provenance, write_table
+from .reports import hardware_summary, provenance, write_table
 
 _VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:grey"}
 
@@ -57,8 +57,8 @@ def plot_deltas(tables: SweepTables, path: Path, title: str) -> Path:
 def write_ablation_reports(tables: SweepTables, reports_dir: Path, dataset: str, profile: str, budget: str,
                            command: str) -> list[Path]:
     """Write every ablation report under ``reports_dir``; returns the paths."""
-    meta = provenance(profile, budget, command, extra={"hardware": "per unit in ablations_units.csv "
-                                                       "(CPU latency column: this machine)"})
+    meta = provenance(profile, budget, command, extra={"hardware": "training: per unit in ablations_units.csv; "
+                                                       f"cpu_ms_360x480 (eager, batch 1): {hardware_summary()}"})
     notes = interpretation(tables)
     if (line := missing_note(tables.missing, command)):
         notes.append(line)
@@ -71,7 +71,7 @@ def write_ablation_reports(tables: SweepTables, reports_dir: Path, dataset: str,
     noise_notes = ["Seed noise of the reference variant per budget (same recipe, lr warm-up "
                    f"{A.WARMUP_FRACTION:.0%} of the budget then poly to 0): `seed_sd` is the std (n-1) of val mIoU "
                    "over seeds; `two_run_diff_sd` what a comparison of one run each would face."]
-    paths += write_table(tables.noise, reports_dir / "ablations_noise", {**meta, "budget": "per row"},
+    paths += write_table(tables.noise, reports_dir / "ablations_noise", {**meta, "budget": "per row", "hardware": "per unit in ablations_units.csv"},
                          f"{dataset}: seed noise of `{A.REFERENCE}` per budget", noise_notes)
     units_csv = reports_dir / "ablations_units.csv"
     write_bytes_atomic(units_csv, tables.runs.to_csv(index=False).encode())
