@@ -81,8 +81,10 @@ class _Loop:
     """One training loop under test: ``make_batches()`` opens a fresh batch iterator (an official-style
     loader starts its worker processes there), ``step(x, y)`` trains on one batch."""
 
-    def __init__(self, make_batches: Callable[[], Iterator[Any]], step: Callable[[Any, Any], None]) -> None:
+    def __init__(self, make_batches: Callable[[], Iterator[Any]], step: Callable[[Any, Any], None],
+                 layout_note: str | None = None) -> None:
         self.make_batches, self.step = make_batches, step
+        self.layout_note = layout_note  # set when the candidate's layout was refused (it trains NCHW instead)
         self.seconds: list[float] = []
         self.images = 0
 
@@ -130,7 +132,7 @@ def _engine_loop(c: Candidate, ds: Any, input_size: tuple[int, int], batch_size:
         train_step(step_model, x.contiguous(memory_format=plan.memory_format), y, criterion, opt, scaler, amp_dtype)
         sched.advance()
 
-    return _Loop(batches, step)
+    return _Loop(batches, step, plan.note)
 
 
 def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidate], batch_size: int = 8,
@@ -211,7 +213,10 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
     out["engines"] = []
     for c, loop in engines.items():
         res = loop.result()
-        out["engines"].append({**res, "label": c.label, "amp": c.amp, "channels_last": c.channels_last,
+        trained_cl = c.channels_last and loop.layout_note is None
+        label = c.label if trained_cl == c.channels_last else c.label.replace("channels_last", "NCHW*")
+        out["engines"].append({**res, "label": label, "amp": c.amp, "channels_last": trained_cl,
+                               "requested_channels_last": c.channels_last, "layout_note": loop.layout_note,
                                "compile": c.compile, "num_workers": num_workers, "warmup_s": warm[c],
                                "status": (status or {}).get(c, ""),
                                "ratio": res["images_per_s"] / out["official"]["images_per_s"]})
@@ -242,6 +247,9 @@ def format_bench(result: dict[str, Any]) -> str:
         note = f"  [{e['status']}]" if e["status"] else ""
         lines.append(f"    {e['label']:<26} {e['images_per_s']:7.2f} images/s  {e['ratio']:5.2f}x the official loop"
                      f"  (warm-up {e['warmup_s']:.0f} s; rounds: {rates(e)}){note}")
+    refused = next((e["layout_note"] for e in result["engines"] if e.get("layout_note")), None)
+    if refused:
+        lines.append(f"    * asked for channels_last, trained NCHW: {refused}")
     lines.append(f"ratio (b)/(a) of {result['engines'][0]['label']}: {result['ratio']:.2f}x")
     lines.append("evaluation: `dabnet test` prints the share of time spent in metric updates.")
     return "\n".join(lines)

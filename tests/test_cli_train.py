@@ -108,3 +108,18 @@ def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: P
     text = format_bench(result)
     assert "official-style loop" in text and "bf16 NCHW eager" in text and "[the choice]" in text
     assert f"{result['engines'][1]['ratio']:.2f}x the official loop" in text
+
+
+def test_bench_train_labels_a_refused_channels_last_candidate_by_the_layout_it_trained(
+        camvid_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dabnet_lib.step as step
+    monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 1.7)  # the defect
+    cands = [Candidate("bf16", True, False), Candidate("off", True, False)]
+    result = bench_train(camvid_root, cands, batch_size=2, input_size=(48, 64), iters=1, rounds=1, warmup=1,
+                         official_workers=0, max_images=4)
+    refused, fp32 = result["engines"]
+    assert refused["label"] == "bf16 NCHW* eager" and refused["channels_last"] is False
+    assert refused["requested_channels_last"] is True and "wrong bf16 channels_last gradients" in refused["layout_note"]
+    assert fp32["label"] == "fp32 channels_last eager" and fp32["channels_last"] is True and fp32["layout_note"] is None
+    text = format_bench(result)
+    assert "asked for channels_last, trained NCHW" in text and "bf16 NCHW* eager" in text
