@@ -14,7 +14,7 @@ from .ablation_stats import CONFIDENCE
 from .ablation_sweep import Sweep, SweepTables, build_tables, interpretation, missing_note
 from .ablation_units import Unit
 from .datasets import get_info
-from .checkpoints import write_bytes_atomic
+from .atomic_files import write_bytes_atomic
 from .reports import hardware_summary, provenance, write_table
 
 _VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:grey"}

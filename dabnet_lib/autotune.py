@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .checkpoints import write_bytes_atomic
+from .errors import first_line
+from .atomic_files import write_bytes_atomic
 from .fast_ops import use_fast_ops
 from .machine import cpu_flags, cpu_name, has_bf16_units
 from .model import DABNet, DABNetConfig
@@ -241,7 +242,7 @@ def measure(candidates: list[Candidate], timer: StepTimer, log: Callable[[str], 
             compile_s[c] = timer.add(c)
             return True
         except Exception as exc:  # noqa: BLE001  (a compiler error, a missing toolchain: that candidate fails)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc, 160)
             rows[c] = _row(c, "failed", reason=f"{type(exc).__name__}: {first}")
             return False
 

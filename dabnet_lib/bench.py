@@ -40,7 +40,8 @@ from .model import DABNet
 from .schedule import WarmupPolyLR, lr_factor
 from .transforms import PAPER_SCALES, TrainTransform
 
-# Official CamVid class weights (dabnet_tables.md): both loops use them, so the loss costs the same.
+# The official release's CamVid class weights (github.com/Reagan1311/DABNet): both loops use them, so the loss
+# costs the same.
 _WEIGHTS = (4.43, 3.44, 9.63, 2.91, 6.99, 5.21, 9.49, 9.15, 7.17, 9.89, 7.55)
 
 

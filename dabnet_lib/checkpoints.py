@@ -1,4 +1,4 @@
-"""Training checkpoints: atomic writes, RNG capture/restore, and reading a checkpoint to resume from.
+"""Training checkpoints: atomic saves, RNG capture/restore, and reading a checkpoint to resume from.
 
 A training checkpoint is a dict with the keys of :data:`RESUME_KEYS` plus ``model`` (state dict with
 the official key names), ``num_classes``, ``model_config``, ``dataset``, ``mean``, ``std``,
@@ -12,13 +12,13 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .atomic_files import WriteError, write_atomic, write_bytes_atomic
 from .errors import CheckpointError
 from .model import read_checkpoint
 
@@ -26,51 +26,18 @@ from .model import read_checkpoint
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "recipe", "epoch", "iteration", "position",
                "metrics", "elapsed_s")
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
-
-def _fsync_dir(folder: Path) -> None:
+def _save(path: Path, write: Any) -> Path:
+    """:func:`~dabnet_lib.atomic_files.write_atomic` with a failure reported as CheckpointError."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write: Any) -> Path:
-    """Run ``write(file object)`` into a temp file beside ``path``, fsync, then rename over ``path``.
-    On any failure the temp file is removed, ``path`` is untouched and CheckpointError is raised."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        raise CheckpointError(f"could not save checkpoint {path}: {exc} (the previous file, if any, is intact)") from exc
-    _fsync_dir(path.parent)
-    return path
+        return write_atomic(path, write, what="checkpoint")
+    except WriteError as exc:
+        raise CheckpointError(str(exc).replace("could not write", "could not save", 1)) from exc.__cause__
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    return _atomic(Path(path), lambda f: torch.save(obj, f))
+    return _save(Path(path), lambda f: torch.save(obj, f))
 
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
@@ -79,12 +46,7 @@ def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
         with open(src, "rb") as fin:
             shutil.copyfileobj(fin, f, 1 << 20)
 
-    return _atomic(Path(dst), write)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Atomic write of small files (metrics.jsonl, recipe.json, figures)."""
-    return _atomic(Path(path), lambda f: f.write(data))
+    return _save(Path(dst), write)
 
 
 def write_metrics(out_dir: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:

@@ -107,6 +107,7 @@ def _tensorboard(out: str, recipe: "Recipe") -> list:  # noqa: F821
 
 
 def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .datasets import SPLITS
     from .recipes import DATASET_NAMES
 
     p = sub.add_parser("stats", help="mean, std and class weights of a split (cached)",
@@ -114,7 +115,7 @@ def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                                    "1/ln(1.10 + p) of a split, computed once and cached as JSON.")
     p.add_argument("--dataset", choices=DATASET_NAMES, default="camvid", help="dataset (default camvid)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default data/<dataset>)")
-    p.add_argument("--split", choices=("train", "val", "trainval", "test"), default="train", help="split (default train)")
+    p.add_argument("--split", choices=SPLITS, default="train", help="split (default train)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -221,7 +222,7 @@ _COMMANDS["bench-train"] = (_add_bench_train, _run_bench_train)
 # --- test / predict (eval work: dabnet_lib.evaluation, dabnet_lib.inference)
 
 def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .datasets import DATASETS
+    from .datasets import DATASETS, SPLITS
 
     p = sub.add_parser(
         "test", help="evaluate a checkpoint on a split (per-class IoU, mIoU, pixel accuracy)",
@@ -232,7 +233,7 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
                    help="checkpoint file; with --best-of-last, a run folder (or any file in it)")
     p.add_argument("--dataset", default=None,
                    help=f"{' | '.join(DATASETS)} (default: the checkpoint's own dataset)")
-    p.add_argument("--split", default="test", help="train | val | trainval | test (default: test)")
+    p.add_argument("--split", choices=SPLITS, default="test", help=f"{' | '.join(SPLITS)} (default: test)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default: data/<dataset>)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images; default 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -250,7 +251,7 @@ def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> Non
 
 def _run_test(args: argparse.Namespace) -> int:
     import json
-    from .checkpoints import write_bytes_atomic
+    from .atomic_files import write_bytes_atomic
     from pathlib import Path
 
     from .evaluation import best_of_last, evaluate_checkpoint, format_result, result_to_json

@@ -35,6 +35,7 @@ bilinear upsampling backward make every run, resumed or not, differ in the last 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,7 +44,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,10 +54,11 @@ from tqdm.auto import tqdm
 
 from . import distributed as D
 from .autotune import TrainingChoice, choose
+from .atomic_files import write_bytes_atomic
 from .checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_for_resume, restore_rng, save_checkpoint,
-                          write_bytes_atomic, write_metrics)
+                          write_metrics)
 from .datasets import SegmentationDataset, build_dataset, get_info, statistics, subset
-from .errors import CheckpointError, DabnetError
+from .errors import CheckpointError, DabnetError, first_line
 from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
 from .fast_ops import fast_ops_rule, use_fast_ops
 from .host_memory import plan_caches
@@ -468,7 +470,7 @@ class _Trainer:
         except Exception as exc:  # noqa: BLE001  (torch.compile needs a C++ toolchain; anything it raises)
             if self.model is self.eager:
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             self.log(f"torch.compile failed ({type(exc).__name__}: {first[:200]}): training continues eager", always=True)
             self.model = self.eager
             return train_step(self.model, images, labels, self.criterion, self.opt, self.scaler, self.amp)
@@ -602,8 +604,29 @@ def fit(recipe: Recipe, data_root: str | os.PathLike[str] | None = None, out_dir
     callbacks: progress listeners on rank 0 (TensorBoard, the notebook's live view; see
     :mod:`dabnet_lib.training_events`), each closed when ``fit`` returns or raises.
     Under ``torchrun`` every rank calls this; only rank 0 writes files and logs. SIGINT/SIGTERM raise
-    :class:`TrainingInterrupted` after saving ``last.pt``.
+    :class:`TrainingInterrupted` after saving ``last.pt``. On return or raise the caller gets its thread
+    count, cudnn.benchmark and RNG states back.
     """
+    with _callers_global_state_restored():
+        return _fit(recipe, data_root, out_dir, resume, device, quiet, on_iteration, on_epoch, callbacks)
+
+
+@contextlib.contextmanager
+def _callers_global_state_restored() -> Iterator[None]:
+    """Give the caller back what training changes process-wide: torch's thread count, cudnn.benchmark and
+    the Python, numpy and torch RNG states (training seeds them from the recipe)."""
+    threads, benchmark, rng = torch.get_num_threads(), torch.backends.cudnn.benchmark, capture_rng()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
+        restore_rng(rng)
+
+
+def _fit(recipe: Recipe, data_root: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
+         resume: bool | str | os.PathLike[str], device: str, quiet: bool, on_iteration: Callable[[int], None] | None,
+         on_epoch: Callable[[dict[str, Any]], None] | None, callbacks: Sequence[Any]) -> dict[str, Any]:
     dev = resolve_device(device if device != "auto" else recipe.device)
     ctx = D.setup(dev)
     try:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from .errors import first_line
 from .inference_rewrites import InferenceForward, fold_batchnorm
 from .inference_variants import FP32_TOLERANCE, VARIANTS, label_agreement, relative_difference
 
@@ -172,7 +173,7 @@ def benchmark_on_device(model: nn.Module, input_size: tuple[int, int], variants:
                 fn, notes = _build(on_device, name, dev)
                 out = fn(example)  # first call: compiles where it applies
             except Exception as exc:  # noqa: BLE001  (a compiler/backend failure: this variant's row)
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+                first = first_line(exc)
                 row.update(status="error", error=f"{name} could not be built or run on {dev}: {first}")
                 continue
             parity = _parity(name, reference, out)

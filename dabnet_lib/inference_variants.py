@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .errors import DabnetError
+from .errors import DabnetError, first_line
 from .inference_rewrites import InferenceForward, count_batchnorms, fold_batchnorm
 
 VARIANTS: tuple[str, ...] = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "openvino", "int8",
@@ -163,7 +163,7 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor, dynamic: bool = Tr
                               input_names=["image"], output_names=["logits"],
                               dynamic_axes=axes if dynamic else None)
     except Exception as exc:  # exporter missing an op, onnx package missing, ...
-        raise VariantError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+        raise VariantError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc, 200)}") from exc
     return buf.getvalue()
 
 
@@ -216,7 +216,7 @@ def openvino_model(model: nn.Module, example_input: torch.Tensor, dynamic: bool 
             warnings.simplefilter("ignore")  # tracer warnings about the shape checks in forward
             return ov.convert_model(model.eval(), example_input=example_input, input=[ov.PartialShape(shape)])
     except Exception as exc:
-        raise VariantError(f"OpenVINO conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") \
+        raise VariantError(f"OpenVINO conversion failed: {type(exc).__name__}: {first_line(exc, 200)}") \
             from exc
 
 
@@ -397,7 +397,7 @@ def optimize(
     except VariantError:
         raise
     except Exception as exc:  # an exporter/compiler/quantiser failure: report it in this variant's row
-        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
+        first = first_line(exc)
         raise VariantError(f"{variant} could not be built or run here: {type(exc).__name__}: {first}") from exc
     build_s = time.perf_counter() - start
     eager = _no_grad_fn(model)  # variants run outside inference_mode (compiled graphs are guarded on it)

@@ -1,20 +1,29 @@
-"""Figures the DABNet paper and its official release report (../shared/paper/dabnet_tables.md).
+"""Figures the DABNet paper (Li & Kim, BMVC 2019) and its official release (github.com/Reagan1311/DABNet) report.
 
 They stand beside our measurements, never blended with them: each carries its setting.
 """
 
 from __future__ import annotations
 
-#: Test-set mIoU (%) as published, with the setting it was measured in.
-PAPER_TEST_MIOU: dict[str, dict[str, object]] = {
-    "camvid": {"miou": 66.72, "setting": "trained on trainval (468 images), 1000 epochs on a GPU, 233 test images at 360x480"},
-    "cityscapes": {"miou": 70.07, "setting": "trained on train+val, 1000 epochs, test server, 1024x2048"},
+#: mIoU (%) as published per (dataset, evaluated split), with the setting it was measured in.
+PAPER_MIOU: dict[tuple[str, str], dict[str, object]] = {
+    ("camvid", "test"): {"miou": 66.72, "setting": "trained on trainval (468 images), 1000 epochs on a GPU, 233 test "
+                                                   "images at 360x480"},
+    ("cityscapes", "test"): {"miou": 70.07, "setting": "trained on train+val, 1000 epochs, test server, 1024x2048"},
+    ("cityscapes", "val"): {"miou": 69.57, "setting": "trained on train only, 1000 epochs, 500 val images at 1024x2048 "
+                                                      "(the author confirms this is val)"},
 }
-#: Cityscapes val mIoU (%), trained on train only (the author confirms this is val).
-PAPER_CITYSCAPES_VAL_MIOU = 69.57
 
 #: Published speed: one GTX 1080Ti, batch 1, 512x1024, including the final x8 upsampling.
 PAPER_FPS = {"fps": 104.0, "hardware": "GTX 1080Ti", "input": (512, 1024), "batch": 1}
+
+
+
+def paper_miou(dataset: str, split: str) -> dict[str, object] | None:
+    """The published mIoU (%) and its setting for ``dataset`` evaluated on ``split``; None where the paper
+    gives no figure for that split (e.g. CamVid val)."""
+    return PAPER_MIOU.get((dataset, split))
+
 
 #: Parameters of the published network (19 classes).
 PAPER_PARAMS = 756_643

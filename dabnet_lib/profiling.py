@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic_files import write_bytes_atomic
 from .errors import DabnetError
 from .inference_variants import (
     FP32_TOLERANCE,
@@ -41,8 +42,8 @@ from .inference_variants import (
 from .model import count_parameters
 from .machine import cpu_label
 
-#: Which unit the paper's tables use for FLOPs: our sources (../shared/paper/dabnet_tables.md, the
-#: official README) give no FLOP figure for DABNet at all, so we cannot tell.
+#: Which unit the paper's tables use for FLOPs: neither the paper (Li & Kim, BMVC 2019) nor the official
+#: release's README gives a FLOP figure for DABNet, so we cannot tell.
 PAPER_FLOP_UNIT = "not stated in our sources"
 
 #: What notebook 06 times per profile: variants, input sizes (H, W), batch sizes, timed calls per
@@ -466,22 +467,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- ONNX export
 
 
-def _replace_with_bytes(out: Path, data: bytes) -> None:
-    """Write ``data`` to ``out`` atomically (temp file in the same folder, then ``os.replace``), with
-    normal file permissions (umask applied)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _export_folder(out: Path) -> None:
     if not out.parent.is_dir():
         raise DabnetError(f"export: folder {out.parent} does not exist: create it or choose another --out")
@@ -510,7 +495,7 @@ def export_onnx(
     if not rel <= FP32_TOLERANCE:
         raise VariantError(f"export: onnxruntime logits differ from PyTorch by {rel:.2e} (relative) > "
                            f"{FP32_TOLERANCE}: file not written")
-    _replace_with_bytes(out, data)
+    write_bytes_atomic(out, data)
     return {"path": str(out), "bytes": len(data), "max_rel_diff": rel, "opset": ONNX_OPSET,
             "input_size": tuple(input_size)}
 
@@ -552,6 +537,6 @@ def export_openvino(
                                f"{FP32_TOLERANCE}: files not written")
         data = {suffix: xml.with_suffix(suffix).read_bytes() for suffix in (".bin", ".xml")}
     for suffix, blob in data.items():  # .bin first: an .xml on disk always has its weights
-        _replace_with_bytes(out.with_suffix(suffix), blob)
+        write_bytes_atomic(out.with_suffix(suffix), blob)
     return {"path": str(out), "bin_path": str(out.with_suffix(".bin")), "bytes": sum(map(len, data.values())),
             "max_rel_diff": rel, "input_size": tuple(input_size)}

@@ -16,14 +16,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .datasets import DATASETS, SPLITS
 from .errors import DabnetError
 from .model import DABNetConfig
 from .transforms import PAPER_SCALES
 
 PROFILES = ("smoke", "cpu", "paper")
-DATASET_NAMES = ("camvid", "cityscapes")
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
-#: The official release's fixed OHEM class weights for Cityscapes, in trainId order (dabnet_tables.md).
+#: The official release's fixed OHEM class weights for Cityscapes, in trainId order (github.com/Reagan1311/DABNet).
 CITYSCAPES_OHEM_WEIGHTS: tuple[float, ...] = (
     0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539, 0.9843,
     1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
@@ -32,10 +33,9 @@ CITYSCAPES_OHEM_WEIGHTS: tuple[float, ...] = (
 #: The CamVid ``cpu`` profile's budget (iterations = epochs x 58 on trainval at batch 8) and schedule.
 CPU_EPOCHS, CPU_FINAL_FRACTION, CPU_LR, CPU_WARMUP = 50, 0.12, 1e-3, 200
 
-_SPLITS = ("train", "val", "trainval", "test")
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "dataset": DATASET_NAMES, "profile": PROFILES + ("custom",), "train_split": _SPLITS,
-    "val_split": _SPLITS + (None,), "optimizer": ("adam", "sgd"), "loss": ("ce", "ohem"),
+    "dataset": DATASET_NAMES, "profile": PROFILES + ("custom",), "train_split": SPLITS,
+    "val_split": SPLITS + (None,), "optimizer": ("adam", "sgd"), "loss": ("ce", "ohem"),
     "amp": ("auto", "off", "bf16", "fp16"), "device": ("auto", "cpu", "cuda"),
 }
 
@@ -258,7 +258,7 @@ def _check(name: str, value: Any) -> Any:
 # -- recipes ---------------------------------------------------------------------------------------
 
 def paper_recipe(dataset: str) -> Recipe:
-    """The published recipe of ``dataset`` (DESIGN.md, dabnet_tables.md)."""
+    """The published recipe of ``dataset`` (Li & Kim, BMVC 2019, and the official release's training script)."""
     if dataset == "camvid":
         return Recipe(dataset="camvid", profile="paper")
     if dataset == "cityscapes":

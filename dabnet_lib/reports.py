@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .checkpoints import write_bytes_atomic
-from .machine import cpu_label, cpu_name
+from .atomic_files import write_text_atomic
+from .machine import cpu_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,11 +61,6 @@ def provenance(profile: str, budget: str, command: str, device: str | None = Non
     }
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     return meta
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -147,8 +142,8 @@ def write_table(df: pd.DataFrame, stem: str | Path, meta: Mapping[str, str], tit
     -- default ``VIEWS[stem name]``, else every column -- and notes); returns both paths."""
     stem = Path(stem)
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    _atomic_write_text(csv_path, df.to_csv(index=False))
-    _atomic_write_text(md_path, _markdown(df, stem, meta, title, notes, floatfmt, view or VIEWS.get(stem.name)))
+    write_text_atomic(csv_path, df.to_csv(index=False))
+    write_text_atomic(md_path, _markdown(df, stem, meta, title, notes, floatfmt, view or VIEWS.get(stem.name)))
     return csv_path, md_path
 
 
@@ -184,5 +179,5 @@ def rerender_markdown(stem: str | Path, floatfmt: str = ".2f") -> Path:
     title, meta, notes = read_markdown_header(stem.with_suffix(".md"), view)
     df = pd.read_csv(stem.with_suffix(".csv"))
     md_path = stem.with_suffix(".md")
-    _atomic_write_text(md_path, _markdown(df, stem, meta, title, notes, floatfmt, view))
+    write_text_atomic(md_path, _markdown(df, stem, meta, title, notes, floatfmt, view))
     return md_path

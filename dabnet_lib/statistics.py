@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .atomic_files import write_text_atomic
 from .errors import DatasetError
 
 if TYPE_CHECKING:
@@ -72,18 +72,6 @@ def _fingerprint(dataset: "SegmentationDataset") -> str:
 def _cache_file(dataset: "SegmentationDataset", cache_dir: Path) -> Path:
     where = hashlib.sha256(str(dataset.root.resolve()).encode()).hexdigest()[:12]
     return cache_dir / f"stats-{dataset.info.name}-{dataset.split}-{where}.json"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def compute_statistics(dataset: "SegmentationDataset", progress: bool = True) -> dict[str, Any]:
@@ -146,7 +134,7 @@ def statistics(dataset: "SegmentationDataset", cache_dir: str | Path | None = No
             return {**stored["stats"], "cache_file": str(path), "cached": True}
     stats = compute_statistics(dataset, progress=progress)
     try:
-        _write_json_atomic(path, {"key": key, "stats": stats})
+        write_text_atomic(path, json.dumps({"key": key, "stats": stats}, indent=1))
     except OSError as exc:
         warnings.warn(f"could not cache statistics in {path}: {exc}", stacklevel=2)
     return {**stats, "cache_file": str(path), "cached": False}

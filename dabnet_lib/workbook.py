@@ -162,7 +162,7 @@ def resolve(name: str) -> str:
     for nb in NOTEBOOKS:
         if stem == nb or stem.zfill(2) == nb[:2]:
             return nb
-    raise SystemExit(f"error: unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
+    raise ParameterError(f"unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
 
 
 def notebook_parameters(name: str, profile: str, dataset: str, layout: Layout,
@@ -278,10 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "where":
         print(os.path.relpath(getattr(layout, args.what), Path.cwd()))
         return 0
-    extra = dict(_parse_param(p) for p in args.param)
-    params = notebook_parameters(args.notebook, args.profile, args.dataset, layout, args.data_root, args.seed, extra)
-    name = resolve(args.notebook)
     try:
+        extra = dict(_parse_param(p) for p in args.param)
+        params = notebook_parameters(args.notebook, args.profile, args.dataset, layout, args.data_root, args.seed,
+                                     extra)
+        name = resolve(args.notebook)
         check_parameters(name, params)  # before anything runs or is printed
     except ParameterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -303,7 +304,7 @@ def _parse_param(text: str) -> tuple[str, Any]:
     import ast
 
     if "=" not in text:
-        raise SystemExit(f"error: --param expects KEY=VALUE, got {text!r}")
+        raise ParameterError(f"--param expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     try:
         return key, ast.literal_eval(value)

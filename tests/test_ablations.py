@@ -88,7 +88,7 @@ def _record(unit: Unit, miou: float, **changes: object) -> dict:
     r = sweep.recipe(unit)
     rec = {"variant": unit.variant, "seed": unit.seed, "iters": unit.iters, "val_miou": miou, "train_minutes": 0.1,
            "hardware": "test", "commit": "abc1234", "model_config": r.model_config,
-           "recipe_fingerprint": recipe_fingerprint(r.to_dict()), "code": training_code_digest()}
+           "recipe": r.to_dict(), "recipe_fingerprint": recipe_fingerprint(r.to_dict()), "code": training_code_digest()}
     rec.update(changes)
     return rec
 
@@ -116,7 +116,8 @@ def test_foreign_units_are_kept_but_flagged(tmp_path: Path) -> None:
     for u, miou in zip(units, (40.0, 38.0, 42.0, 39.0)):
         write_unit(tmp_path, _record(u, miou))
     write_unit(tmp_path, _record(Unit("local_only", 2, 4), 10.0, model_config={"branches": "dilated"}))
-    write_unit(tmp_path, _record(Unit("paper", 2, 4), 10.0, recipe_fingerprint="000000000000"))
+    other = {**sweep.recipe(Unit("paper", 2, 4)).to_dict(), "lr": 0.5}
+    write_unit(tmp_path, _record(Unit("paper", 2, 4), 10.0, recipe=other))
     write_unit(tmp_path, _record(Unit("kernel_5", 0, 4), 10.0, code="ffffffffffff", commit="0123abc"))
     tables = build_tables(sweep, units + [Unit("kernel_5", 0, 4)], 4)
     assert tables.flagged == {"local_only__seed2__it4": ["other model config"], "paper__seed2__it4": ["other recipe"],
@@ -127,6 +128,33 @@ def test_foreign_units_are_kept_but_flagged(tmp_path: Path) -> None:
     assert len(tables.runs) == 7 and tables.runs["flags"].ne("").sum() == 3
     assert tables.missing == [Unit("kernel_5", 0, 4)]
     assert "kernel_5: seed 0 @ 4 it" in missing_note(tables.missing, "dabnet ablations")
+
+
+def test_the_current_training_code_is_declared_in_a_group() -> None:
+    from dabnet_lib.ablation_units import EQUIVALENT_TRAINING_CODE, training_code_digest
+
+    digest = training_code_digest()
+    assert any(digest in group for group in EQUIVALENT_TRAINING_CODE), (
+        f"training code digest {digest} is new: if this change keeps training numerics (refactor, docstring, message), "
+        "add it to the group of the previous digest in ablation_units.EQUIVALENT_TRAINING_CODE; if it changes them, "
+        "add a new group (the committed ablation units then show as 'other training code' until re-trained)")
+
+
+def test_equivalent_code_and_recipe_fields_added_later_keep_units_comparable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dabnet_lib.ablation_units as U
+
+    sweep = Sweep("camvid", "smoke", Path("."), tmp_path, tmp_path / "runs")
+    unit = Unit("paper", 0, 4)
+    config = A.VARIANTS["paper"][0].to_dict()
+    rec = _record(unit, 40.0, code="aaaaaaaaaaaa")
+    monkeypatch.setattr(U, "EQUIVALENT_TRAINING_CODE", (frozenset({"aaaaaaaaaaaa", "bbbbbbbbbbbb"}),))
+    assert U.unit_flags(rec, config, sweep.fingerprint(), "bbbbbbbbbbbb") == []
+    assert U.unit_flags(rec, config, sweep.fingerprint(), "cccccccccccc") == ["other training code (commit abc1234)"]
+    older = {k: v for k, v in rec["recipe"].items() if k != "sync_bn"}  # a record from before a field existed
+    assert U.unit_flags({**rec, "recipe": older}, config, sweep.fingerprint(), "bbbbbbbbbbbb") == []
+    changed = {**rec["recipe"], "sync_bn": True}  # the same field away from its default is a different recipe
+    assert U.unit_flags({**rec, "recipe": changed}, config, sweep.fingerprint(), "bbbbbbbbbbbb") == ["other recipe"]
 
 
 @pytest.fixture()

@@ -127,3 +127,10 @@ def test_predict_folder_and_submission_guard(checkpoint: Path, tmp_path: Path,
     with pytest.raises(SystemExit) as exc:  # --split and --input are exclusive
         main(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--split", "test", "--out", "o"])
     assert exc.value.code == 2
+
+
+def test_an_unknown_split_is_refused_with_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "--checkpoint", "x.pt", "--split", "testing"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid choice: 'testing'" in err and "'trainval'" in err

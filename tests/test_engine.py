@@ -234,3 +234,23 @@ def test_compile_failure_falls_back_to_eager(camvid_root: Path, tmp_path: Path, 
     fallback = fit(recipe, camvid_root, tmp_path / "fallback", quiet=True)
     assert "torch.compile failed (RuntimeError: InductorError: no working C++ compiler" in capsys.readouterr().out
     assert fallback["weights_digest"] == eager["weights_digest"]
+
+
+def test_fit_gives_the_caller_its_threads_and_random_streams_back(camvid_root: Path, tmp_path: Path) -> None:
+    import random
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit(get_recipe("camvid", "smoke").replace(epochs=1, max_iters=1, val_every=0, save_every=0), camvid_root,
+            tmp_path, quiet=True)  # the smoke profile trains on 1 thread and seeds every generator with 1234
+        assert torch.get_num_threads() == 2
+        assert draws() == expected
+    finally:
+        torch.set_num_threads(before)

@@ -5,7 +5,6 @@ NCHW and channels_last, eager and compiled; state-dict keys and official logits 
 from __future__ import annotations
 
 import copy
-import itertools
 from pathlib import Path
 
 import pytest

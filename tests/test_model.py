@@ -16,6 +16,7 @@ from dabnet_lib.model import (
     count_parameters,
     load_weights,
 )
+from dabnet_lib.paper import PAPER_PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def official(official_fixture_path: Path) -> dict:
 
 
 def test_parameter_counts_match_paper() -> None:
-    assert count_parameters(DABNet(19)) == 756_643
+    assert count_parameters(DABNet(19)) == PAPER_PARAMS
     assert count_parameters(DABNet(11)) == 754_571
 
 

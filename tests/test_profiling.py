@@ -435,3 +435,19 @@ def test_export_to_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys: pyt
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("fmt, target", [("onnx", "torch.onnx.export"), ("openvino", "openvino.convert_model")])
+def test_export_failure_with_an_empty_message_is_one_clear_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str, target: str) -> None:
+    module, name = target.rsplit(".", 1)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("")  # an exporter that fails without saying why
+
+    monkeypatch.setattr(importlib.import_module(module), name, fail)
+    out = tmp_path / ("m.xml" if fmt == "openvino" else "m.onnx")
+    code = cli.main(["export", "--format", fmt, "--out", str(out), "--input-size", "32,32"])
+    err = capsys.readouterr().err
+    assert code != 0 and "failed: RuntimeError: RuntimeError" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -16,8 +16,24 @@ from dabnet_lib.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model import DABNet, count_parameters
 from dabnet_lib.qualitative import median_index, pick_examples
-from dabnet_lib.reports import MAX_MARKDOWN_COLUMNS, VIEWS, TableView, provenance, rerender_markdown, write_table
-from dabnet_lib.workbook import REPO_ROOT, Layout, notebook_parameters, resolve, training_budget, training_result
+from dabnet_lib.reports import (
+    MAX_MARKDOWN_COLUMNS,
+    VIEWS,
+    TableView,
+    provenance,
+    rerender_markdown,
+    write_table,
+)
+from dabnet_lib.workbook import (
+    REPO_ROOT,
+    Layout,
+    ParameterError,
+    main,
+    notebook_parameters,
+    resolve,
+    training_budget,
+    training_result,
+)
 
 
 def test_split_summary_on_real_camvid(camvid_root: Path) -> None:
@@ -139,7 +155,7 @@ def test_training_result_and_budget(tmp_path: Path) -> None:
 
 def test_notebook_names_resolve() -> None:
     assert resolve("3") == resolve("03") == resolve("03_training.ipynb") == "03_training"
-    with pytest.raises(SystemExit, match="unknown notebook"):
+    with pytest.raises(ParameterError, match="unknown notebook '09'; known: 01_data_exploration"):
         resolve("09")
 
 
@@ -156,3 +172,14 @@ def test_run_all_publishes_03_and_evaluates_the_published_file(tmp_path: Path) -
         assert notebook_parameters(name, "smoke", "camvid", outside)["checkpoint"] == str(published)
     assert notebook_parameters("04", "smoke", "camvid", outside, extra={"checkpoint": "mine.pt"})["checkpoint"] == "mine.pt"
     assert "checkpoint" not in notebook_parameters("02", "smoke", "camvid", outside)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "09"], "unknown notebook '09'"),
+    (["run", "03", "--param", "lr"], "--param expects KEY=VALUE, got 'lr'"),
+])
+def test_the_runner_refuses_bad_input_with_one_line(argv: list[str], needle: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"error: {err.strip()[7:]}"] and needle in err and "Traceback" not in err
