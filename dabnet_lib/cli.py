@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from .errors import DabnetError
+from .paths import default_data_root
 
 Runner = Callable[[argparse.Namespace], int | None]
 Adder = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -24,7 +25,7 @@ _COMMANDS: dict[str, tuple[Adder, Runner]] = {}
 # ----------------------------------------------------------------- train / test / predict / stats
 # (engine section: owned by the engine work)
 
-# --- train / stats / bench-train (engine work: dabnet_lib.engine, dabnet_lib.recipes, dabnet_lib.bench)
+# --- train / stats / bench-train (engine work: dabnet_lib.training.engine, dabnet_lib.training.recipes, dabnet_lib.deploy.bench)
 
 def _size_arg(text: str) -> tuple[int, int]:
     """``H,W`` (or ``HxW``) -> (H, W)."""
@@ -37,7 +38,7 @@ def _size_arg(text: str) -> tuple[int, int]:
 
 
 def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .recipes import DATASET_NAMES, PROFILES
+    from .training.recipes import DATASET_NAMES, PROFILES
 
     p = sub.add_parser(
         "train", help="train DABNet with a paper recipe or a budget profile (smoke | cpu | paper)",
@@ -71,7 +72,7 @@ def _add_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 
 def _recipe_from_args(args: argparse.Namespace) -> "Recipe":  # noqa: F821
-    from .recipes import get_recipe
+    from .training.recipes import get_recipe
 
     recipe = get_recipe(args.dataset, args.profile)
     named = {"train_split": args.train_type, "epochs": args.max_epochs, "minutes": args.minutes,
@@ -82,7 +83,7 @@ def _recipe_from_args(args: argparse.Namespace) -> "Recipe":  # noqa: F821
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .engine import TrainingInterrupted, fit
+    from .training.engine import TrainingInterrupted, fit
 
     recipe = _recipe_from_args(args)
     out = args.out or f"runs/{args.dataset}_{args.profile}"
@@ -97,7 +98,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _tensorboard(out: str, recipe: "Recipe") -> list:  # noqa: F821
     """The TensorBoard callback for ``dabnet train`` (the install hint goes to stderr, from rank 0 only)."""
-    from .tensorboard_log import tensorboard_callbacks
+    from .training.tensorboard_log import tensorboard_callbacks
 
     def hint(msg: str) -> None:
         if os.environ.get("RANK", "0") == "0":
@@ -107,8 +108,8 @@ def _tensorboard(out: str, recipe: "Recipe") -> list:  # noqa: F821
 
 
 def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .datasets import SPLITS
-    from .recipes import DATASET_NAMES
+    from .data.datasets import SPLITS
+    from .training.recipes import DATASET_NAMES
 
     p = sub.add_parser("stats", help="mean, std and class weights of a split (cached)",
                        description="Per-channel RGB mean and std (0..255), class frequencies and the class weights "
@@ -123,8 +124,7 @@ def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 def _run_stats(args: argparse.Namespace) -> int:
     import json
 
-    from .datasets import build_dataset, get_info, statistics
-    from .engine import default_data_root
+    from .data.datasets import build_dataset, get_info, statistics
 
     info = get_info(args.dataset)
     ds = build_dataset(args.dataset, args.data_root or default_data_root(args.dataset), args.split)
@@ -168,7 +168,7 @@ def _add_bench_train(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the engine's model (default auto: measured)")
     p.add_argument("--fast-ops", action=argparse.BooleanOptionalAction, default=None,
-                   help="the engine with dabnet_lib.fast_ops (default: as training decides, on for CPU)")
+                   help="the engine with dabnet_lib.model.fast_ops (default: as training decides, on for CPU)")
     p.add_argument("--sweep", action="store_true",
                    help="time every way to train (fp32/bf16 x NCHW/channels_last x eager/compiled, ~10 min)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -179,14 +179,13 @@ def _run_bench_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .autotune import Candidate, candidate_space, choose
-    from .bench import bench_train, format_bench
-    from .datasets import CAMVID
-    from .engine import default_data_root
-    from .fast_ops import fast_ops_rule
+    from .training.autotune import Candidate, candidate_space, choose
+    from .deploy.bench import bench_train, format_bench
+    from .data.datasets import CAMVID
+    from .model.fast_ops import fast_ops_rule
     from .machine import has_bf16_units
-    from .model import DABNetConfig
-    from .step import bf16_channels_last_grad_error
+    from .model.dabnet import DABNetConfig
+    from .training.step import bf16_channels_last_grad_error
 
     onoff = {"auto": "auto", "on": True, "off": False}
     fast = fast_ops_rule("cpu") if args.fast_ops is None else args.fast_ops
@@ -219,10 +218,10 @@ _COMMANDS["stats"] = (_add_stats, _run_stats)
 _COMMANDS["bench-train"] = (_add_bench_train, _run_bench_train)
 
 
-# --- test / predict (eval work: dabnet_lib.evaluation, dabnet_lib.inference)
+# --- test / predict (eval work: dabnet_lib.evaluation.evaluation, dabnet_lib.evaluation.inference)
 
 def _add_test(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .datasets import DATASETS, SPLITS
+    from .data.datasets import DATASETS, SPLITS
 
     p = sub.add_parser(
         "test", help="evaluate a checkpoint on a split (per-class IoU, mIoU, pixel accuracy)",
@@ -254,7 +253,7 @@ def _run_test(args: argparse.Namespace) -> int:
     from .atomic_files import write_bytes_atomic
     from pathlib import Path
 
-    from .evaluation import best_of_last, evaluate_checkpoint, format_result, result_to_json
+    from .evaluation.evaluation import best_of_last, evaluate_checkpoint, format_result, result_to_json
 
     if args.batch_size < 1:
         raise DabnetError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -280,7 +279,7 @@ def _run_test(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .inference import WRITE_KINDS
+    from .evaluation.inference import WRITE_KINDS
 
     p = sub.add_parser(
         "predict", help="predict a split or a folder of images; label, colour and overlay PNGs",
@@ -308,9 +307,8 @@ def _add_predict(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
 def _run_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .datasets import build_dataset
-    from .evaluation import DEFAULT_DATA_DIR
-    from .inference import Predictor, export_cityscapes, predict_folder
+    from .data.datasets import build_dataset
+    from .evaluation.inference import Predictor, export_cityscapes, predict_folder
 
     if args.scale <= 0:
         raise DabnetError(f"--scale must be > 0, got {args.scale}")
@@ -320,7 +318,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     info = predictor.info
     assert info is not None
     if args.split is not None:
-        root = Path(args.data_root) if args.data_root else DEFAULT_DATA_DIR / info.name
+        root = Path(args.data_root) if args.data_root else default_data_root(info.name)
         source = build_dataset(info.name, root, args.split)
     else:
         source = Path(args.input)
@@ -358,7 +356,7 @@ def _profiling_hw(text: str) -> tuple[int, int]:
 
 def _profiling_model(args: argparse.Namespace) -> tuple["object", dict, str]:
     """(model in eval mode, checkpoint dict or {}, a short description of the weights)."""
-    from .model import DABNet, build_from_checkpoint
+    from .model.dabnet import DABNet, build_from_checkpoint
 
     if args.checkpoint:
         model, ckpt = build_from_checkpoint(args.checkpoint)
@@ -373,7 +371,7 @@ def _add_profiling_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .inference_variants import VARIANTS
+    from .deploy.inference_variants import VARIANTS
 
     p = sub.add_parser(
         "fps", help="time optimised inference variants against eager (ms, FPS, speed-up, parity)",
@@ -391,7 +389,7 @@ def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--idle-wait", type=float, default=0.0, metavar="S",
                    help="before each round wait up to S seconds for the CPUs to be otherwise idle "
                         "(for a shared machine; default 0 = don't wait)")
-    p.add_argument("--data-root", default="data/camvid", metavar="DIR",
+    p.add_argument("--data-root", default=str(default_data_root("camvid")), metavar="DIR",
                    help="CamVid folder for int8 calibration (train) and checks (val) (default data/camvid)")
     p.add_argument("--calibration-images", type=int, default=8, metavar="N", help="int8 calibration images (default 8)")
     p.add_argument("--device", default="cpu",
@@ -407,7 +405,7 @@ def _add_fps(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 def _print_val_miou(args: argparse.Namespace) -> None:
     """``dabnet fps --val-miou``: eager vs folded vs int8 val mIoU (to stderr when --json)."""
-    from .variant_accuracy import INT8_MAX_MIOU_DROP, variant_miou
+    from .deploy.variant_accuracy import INT8_MAX_MIOU_DROP, variant_miou
 
     out = sys.stderr if args.json else sys.stdout
     rows = variant_miou(args.checkpoint, args.data_root, ("folded", "int8"), split="val",
@@ -424,16 +422,16 @@ def _print_val_miou(args: argparse.Namespace) -> None:
 def _run_fps(args: argparse.Namespace) -> int:
     import json
 
-    from .datasets import get_info
-    from .inference_variants import INT8_VARIANTS
-    from .profiling import benchmark, calibration_images, describe, format_table, parse_variants, target_verdicts
+    from .data.datasets import get_info
+    from .deploy.inference_variants import INT8_VARIANTS
+    from .deploy.profiling import benchmark, calibration_images, describe, format_table, parse_variants, target_verdicts
 
     if args.val_miou and not args.checkpoint:
         raise DabnetError("dabnet fps --val-miou needs trained weights: add --checkpoint PATH "
                           "(e.g. reports/checkpoints/dabnet_camvid_cpu.pt)")
     on_cpu = args.device == "cpu"
     if not on_cpu:
-        from .cuda_support import require_cuda
+        from .devices import require_cuda
 
         require_cuda(f"dabnet fps --device {args.device}")
     model, ckpt, weights = _profiling_model(args)
@@ -483,7 +481,7 @@ def _add_export(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .profiling import export_onnx, export_openvino
+    from .deploy.profiling import export_onnx, export_openvino
 
     model, _ckpt, weights = _profiling_model(args)
     if args.format == "openvino":
@@ -501,7 +499,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_bench_ops(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("bench-ops", help="training step: stock ops vs the fast exact ops (dabnet_lib.fast_ops)",
+    p = sub.add_parser("bench-ops", help="training step: stock ops vs the fast exact ops (dabnet_lib.model.fast_ops)",
                        description="Time one DABNet training step (forward + class-weighted CE + backward + Adam, "
                                    "synthetic images) built from the stock ops and from the fast ops, interleaved "
                                    "in rounds in the same run, and print the ratio against the 1.3x target.")
@@ -519,7 +517,7 @@ def _add_bench_ops(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
 def _run_bench_ops(args: argparse.Namespace) -> int:
     import json
 
-    from .bench_ops import bench_fast_ops, format_bench_ops
+    from .deploy.bench_ops import bench_fast_ops, format_bench_ops
 
     if args.amp == "bf16":
         import torch
@@ -547,7 +545,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_ablations(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    from .recipes import DATASET_NAMES, PROFILES
+    from .training.recipes import DATASET_NAMES, PROFILES
 
     p = sub.add_parser(
         "ablations", help="DAB ablation sweep: (variant, seed) units, paired deltas with 95%% intervals",
@@ -559,7 +557,7 @@ def _add_ablations(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--dataset", choices=DATASET_NAMES, default="camvid", help="dataset (default camvid)")
     p.add_argument("--profile", choices=PROFILES, default="cpu", help="recipe profile (default cpu)")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default data/<dataset>)")
-    p.add_argument("--variants", default="all", help="comma-separated names from dabnet_lib.ablations.VARIANTS "
+    p.add_argument("--variants", default="all", help="comma-separated names from dabnet_lib.workbook.ablations.VARIANTS "
                                                      "(default all)")
     p.add_argument("--seeds", type=_int_list, default=None, help="seed list of every variant (default: the profile's)")
     p.add_argument("--iters", type=int, default=None, help="iterations per unit (default: the profile's budget)")
@@ -579,11 +577,10 @@ def _add_ablations(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
 def _run_ablations(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .ablation_reports import rebuild_reports
-    from .ablation_sweep import Sweep, plan, run_sweep
-    from .ablation_units import parse_shard, shard_units
-    from .engine import default_data_root
-    from .workbook import Layout
+    from .workbook.ablation_reports import rebuild_reports
+    from .workbook.ablation_sweep import Sweep, plan, run_sweep
+    from .workbook.ablation_units import parse_shard, shard_units
+    from .workbook.runner import Layout
 
     if args.threads is not None and args.threads < 1:
         raise DabnetError(f"--threads {args.threads}: needs at least 1")

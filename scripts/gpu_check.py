@@ -40,7 +40,7 @@ TIMEOUTS = {"gpu_tests": 150, "train": 180, "test": 60, "fps": 150, "torchrun": 
 def _versions() -> dict[str, Any]:
     import torch
 
-    from dabnet_lib.cuda_support import cuda_bf16_native, gpu_description
+    from dabnet_lib.devices import cuda_bf16_native, gpu_description
 
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
@@ -91,7 +91,7 @@ def _check_training(run_dir: Path) -> dict[str, Any]:
 
 def _check_fps(step: dict[str, Any]) -> dict[str, Any]:
     """Every device variant built, timed and within its parity tolerance."""
-    from dabnet_lib.gpu_timing import DEVICE_VARIANTS
+    from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS
 
     rows = json.loads(step["stdout"].strip().splitlines()[-1]) if step["rc"] in (0, 1) and step["stdout"] else []
     by = {r["variant"]: {k: r.get(k) for k in ("status", "ms", "fps", "speedup", "parity", "error")} for r in rows}
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a machine with an "
               "NVIDIA GPU and the CUDA build of torch 2.13.0", file=sys.stderr)
         return 2
-    from dabnet_lib.checkpoints import write_bytes_atomic
+    from dabnet_lib.model.checkpoints import write_bytes_atomic
 
     data, out = Path(args.data_root), Path(args.out)
     if not (data / "train").is_dir():

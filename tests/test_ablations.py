@@ -11,14 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dabnet_lib import ablations as A
-from dabnet_lib.ablation_stats import paired_table, seeds_to_resolve, t_interval, verdict
-from dabnet_lib.ablation_sweep import Sweep, build_tables, missing_note, plan, run_sweep
-from dabnet_lib.ablation_units import (Unit, parse_shard, plan_units, read_unit, read_units, shard_units, unit_path,
+from dabnet_lib.workbook.runner import ablations as A
+from dabnet_lib.workbook.ablation_stats import paired_table, seeds_to_resolve, t_interval, verdict
+from dabnet_lib.workbook.ablation_sweep import Sweep, build_tables, missing_note, plan, run_sweep
+from dabnet_lib.workbook.ablation_units import (Unit, parse_shard, plan_units, read_unit, read_units, shard_units, unit_path,
                                        write_unit)
 from dabnet_lib.cli import main
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.schedule import lr_factor
+from dabnet_lib.training.schedule import lr_factor
 
 
 def test_ablation_recipe_anneals_to_zero_on_held_out_val() -> None:
@@ -83,7 +83,7 @@ def test_paired_table_pairs_on_common_seeds() -> None:
 
 def _record(unit: Unit, miou: float, **changes: object) -> dict:
     sweep = Sweep("camvid", "smoke", Path("."), Path("."), Path("."))
-    from dabnet_lib.ablation_units import recipe_fingerprint, training_code_digest
+    from dabnet_lib.workbook.ablation_units import recipe_fingerprint, training_code_digest
 
     r = sweep.recipe(unit)
     rec = {"variant": unit.variant, "seed": unit.seed, "iters": unit.iters, "val_miou": miou, "train_minutes": 0.1,
@@ -131,7 +131,7 @@ def test_foreign_units_are_kept_but_flagged(tmp_path: Path) -> None:
 
 
 def test_the_current_training_code_is_declared_in_a_group() -> None:
-    from dabnet_lib.ablation_units import EQUIVALENT_TRAINING_CODE, training_code_digest
+    from dabnet_lib.workbook.ablation_units import EQUIVALENT_TRAINING_CODE, training_code_digest
 
     digest = training_code_digest()
     assert any(digest in group for group in EQUIVALENT_TRAINING_CODE), (
@@ -142,7 +142,7 @@ def test_the_current_training_code_is_declared_in_a_group() -> None:
 
 def test_equivalent_code_and_recipe_fields_added_later_keep_units_comparable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dabnet_lib.ablation_units as U
+    import dabnet_lib.workbook.ablation_units as U
 
     sweep = Sweep("camvid", "smoke", Path("."), tmp_path, tmp_path / "runs")
     unit = Unit("paper", 0, 4)

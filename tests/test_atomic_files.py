@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dabnet_lib.atomic_files import WriteError, write_atomic, write_bytes_atomic, write_text_atomic
-from dabnet_lib.checkpoints import save_checkpoint
+from dabnet_lib.model.checkpoints import save_checkpoint
 from dabnet_lib.errors import CheckpointError, DabnetError
 
 

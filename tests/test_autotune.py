@@ -11,11 +11,11 @@ from typing import Iterator
 import pytest
 import torch
 
-from dabnet_lib import autotune
-from dabnet_lib.autotune import Candidate, StepTimer, TrainingChoice, candidate_space, choose, measure, pick
+from dabnet_lib.training import autotune
+from dabnet_lib.training.autotune import Candidate, StepTimer, TrainingChoice, candidate_space, choose, measure, pick
 from dabnet_lib.machine import has_bf16_units
-from dabnet_lib.model import DABNetConfig
-from dabnet_lib.recipes import get_recipe
+from dabnet_lib.model.dabnet import DABNetConfig
+from dabnet_lib.training.recipes import get_recipe
 
 CPU = torch.device("cpu")
 GOOD_PROBE, BAD_PROBE = (lambda: 0.004), (lambda: 1.7)
@@ -231,7 +231,7 @@ def test_real_step_timer_times_eager_candidates(one_thread: None) -> None:
 
 def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from dabnet_lib.engine import fit
+    from dabnet_lib.training.engine import fit
 
     picked = TrainingChoice("off", True, False, "measured", (autotune._row(Candidate("off", True, False), "ok", 5.0),), 1.5)
     calls = []
@@ -240,7 +240,7 @@ def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path:
         calls.append(args)
         return picked
 
-    monkeypatch.setattr("dabnet_lib.engine.choose", fake_choose)
+    monkeypatch.setattr("dabnet_lib.training.engine.choose", fake_choose)
     recipe = get_recipe("camvid", "smoke").replace(amp="auto", channels_last="auto", compile="auto", epochs=1)
     out = tmp_path / "run"
     fit(recipe, camvid_root, out, quiet=True)
@@ -259,7 +259,7 @@ def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path:
 @pytest.mark.parametrize("fast_ops, expected", [("auto", True), (False, False)])
 def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(fast_ops: object, expected: bool, camvid_root: Path,
                                                                tmp_path: Path) -> None:
-    from dabnet_lib.engine import fit
+    from dabnet_lib.training.engine import fit
 
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, fast_ops=fast_ops)
     summary = fit(recipe, camvid_root, tmp_path / "run", quiet=True)

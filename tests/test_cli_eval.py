@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dabnet_lib.cli import main
-from dabnet_lib.datasets import CAMVID
-from dabnet_lib.model import DABNet
+from dabnet_lib.data.datasets import CAMVID
+from dabnet_lib.model.dabnet import DABNet
 
 REPO = Path(__file__).resolve().parents[1]
 

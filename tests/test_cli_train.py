@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dabnet_lib.autotune import Candidate
-from dabnet_lib.bench import bench_train, format_bench
+from dabnet_lib.training.autotune import Candidate
+from dabnet_lib.deploy.bench import bench_train, format_bench
 from dabnet_lib.cli import main
-from dabnet_lib.datasets import CAMVID
-from dabnet_lib.model import build_from_checkpoint
+from dabnet_lib.data.datasets import CAMVID
+from dabnet_lib.model.dabnet import build_from_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +112,7 @@ def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: P
 
 def test_bench_train_labels_a_refused_channels_last_candidate_by_the_layout_it_trained(
         camvid_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dabnet_lib.step as step
+    import dabnet_lib.training.step as step
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 1.7)  # the defect
     cands = [Candidate("bf16", True, False), Candidate("off", True, False)]
     result = bench_train(camvid_root, cands, batch_size=2, input_size=(48, 64), iters=1, rounds=1, warmup=1,

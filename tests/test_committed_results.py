@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dabnet_lib.evaluation import evaluate_checkpoint
-from dabnet_lib.workbook import REPO_ROOT
+from dabnet_lib.evaluation.evaluation import evaluate_checkpoint
+from dabnet_lib.workbook.runner import REPO_ROOT
 
 CHECKPOINT = REPO_ROOT / "reports" / "checkpoints" / "dabnet_camvid_cpu.pt"
 TABLE = REPO_ROOT / "reports" / "evaluation.csv"

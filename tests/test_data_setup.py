@@ -1,4 +1,4 @@
-"""dabnet_lib.data_setup (`make data`): link/copy a source folder, validate it, clear errors and exit 2.
+"""dabnet_lib.data.data_setup (`make data`): link/copy a source folder, validate it, clear errors and exit 2.
 
 Every source here is a temporary folder of symlinks into the real CamVid; nothing is written there."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from dabnet_lib import data_setup
-from dabnet_lib.data_setup import main, validate_camvid
-from dabnet_lib.datasets import CamVid
+from dabnet_lib.data import data_setup
+from dabnet_lib.data.data_setup import main, validate_camvid
+from dabnet_lib.data.datasets import CamVid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_broken_source_lists_every_problem(camvid_root: Path, tmp_path: Path, ca
 def test_command_line_exit_code_without_traceback(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run([sys.executable, "-m", "dabnet_lib.data_setup", "camvid", "--dest", str(tmp_path / "d"),
+    result = subprocess.run([sys.executable, "-m", "dabnet_lib.data.data_setup", "camvid", "--dest", str(tmp_path / "d"),
                              "--source", str(empty)], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: camvid at ") and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""dabnet_lib.datasets and dabnet_lib.statistics: real CamVid, the generated Cityscapes layout,
+"""dabnet_lib.data.datasets and dabnet_lib.data.statistics: real CamVid, the generated Cityscapes layout,
 statistics and their cache, and every bad-input message."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from cityscapes_fixture import CITIES, KNOWN_PIXELS, KNOWN_RGB
-from dabnet_lib import statistics as stats_mod
-from dabnet_lib.datasets import (
+from dabnet_lib.data import statistics as stats_mod
+from dabnet_lib.data.datasets import (
     CAMVID,
     CITYSCAPES,
     CITYSCAPES_LABELID_TO_TRAINID,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dabnet_lib.distributed import weights_digest
-from dabnet_lib.evaluation import evaluate_checkpoint
-from dabnet_lib.model import build_from_checkpoint
+from dabnet_lib.training.distributed import weights_digest
+from dabnet_lib.evaluation.evaluation import evaluate_checkpoint
+from dabnet_lib.model.dabnet import build_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dabnet_lib.distributed import setup
+from dabnet_lib.training.distributed import setup
 from dabnet_lib.errors import DabnetError
 
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from dabnet_lib.checkpoints import capture_rng, load_for_resume, restore_rng, save_checkpoint
-from dabnet_lib.datasets import CAMVID, build_dataset
-from dabnet_lib.engine import fit
-from dabnet_lib.step import train_step
+from dabnet_lib.model.checkpoints import capture_rng, load_for_resume, restore_rng, save_checkpoint
+from dabnet_lib.data.datasets import CAMVID, build_dataset
+from dabnet_lib.training.engine import fit
+from dabnet_lib.training.step import train_step
 from dabnet_lib.errors import CheckpointError
-from dabnet_lib.losses import build_loss
-from dabnet_lib.model import DABNet, build_from_checkpoint, read_checkpoint
-from dabnet_lib.recipes import get_recipe
-from dabnet_lib.schedule import WarmupPolyLR
-from dabnet_lib.transforms import TrainTransform
+from dabnet_lib.training.losses import build_loss
+from dabnet_lib.model.dabnet import DABNet, build_from_checkpoint, read_checkpoint
+from dabnet_lib.training.recipes import get_recipe
+from dabnet_lib.training.schedule import WarmupPolyLR
+from dabnet_lib.data.transforms import TrainTransform
 
 CONTRACT_KEYS = {"model", "num_classes", "model_config", "dataset", "mean", "std", "epoch", "iteration", "optimizer",
                  "scheduler", "scaler", "rng", "recipe", "metrics"}
@@ -187,7 +187,7 @@ def test_cityscapes_smoke_trains_with_sgd_and_ohem(cityscapes_root: Path, tmp_pa
 
 
 def test_thread_tuner_keeps_the_faster_thread_count() -> None:
-    from dabnet_lib.distributed import ThreadTuner
+    from dabnet_lib.training.distributed import ThreadTuner
 
     before = torch.get_num_threads()
     try:
@@ -206,7 +206,7 @@ def test_thread_tuner_keeps_the_faster_thread_count() -> None:
 
 
 def test_publish_weights_is_small_and_loads(tmp_path: Path) -> None:
-    from dabnet_lib.checkpoints import publish_weights
+    from dabnet_lib.model.checkpoints import publish_weights
 
     model = DABNet(11)
     opt = torch.optim.Adam(model.parameters())

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dabnet_lib.engine import fit
-from dabnet_lib.eta import ETA_REPORT, eta_line, final_stage_start, remaining_seconds
-from dabnet_lib.recipes import get_recipe
+from dabnet_lib.training.engine import fit
+from dabnet_lib.training.eta import ETA_REPORT, eta_line, final_stage_start, remaining_seconds
+from dabnet_lib.training.recipes import get_recipe
 
 
 @pytest.mark.parametrize("total, ipe, frac, start", [

@@ -1,4 +1,4 @@
-"""dabnet_lib.evaluation: oracle scores, full-resolution counts, batching, checkpoints, best-of-last."""
+"""dabnet_lib.evaluation.evaluation: oracle scores, full-resolution counts, batching, checkpoints, best-of-last."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from dabnet_lib.datasets import SegmentationDataset, build_dataset
+from dabnet_lib.data.datasets import SegmentationDataset, build_dataset
 from dabnet_lib.errors import CheckpointError, DatasetError
-from dabnet_lib.evaluation import (
+from dabnet_lib.evaluation.evaluation import (
     PixelCounter, best_of_last, evaluate, evaluate_checkpoint, format_result, result_to_json)
-from dabnet_lib.metrics import ConfusionMatrix
-from dabnet_lib.model import DABNet, DABNetConfig
+from dabnet_lib.training.metrics import ConfusionMatrix
+from dabnet_lib.model.dabnet import DABNet, DABNetConfig
 
 N_IMAGES = 3
 

@@ -1,4 +1,4 @@
-"""dabnet_lib.fast_ops: the fast depth-wise conv and PReLU equal the stock ops (forward and every
+"""dabnet_lib.model.fast_ops: the fast depth-wise conv and PReLU equal the stock ops (forward and every
 gradient), per op and for every DABNetConfig that test_model sweeps, in fp32 and bf16 autocast,
 NCHW and channels_last, eager and compiled; state-dict keys and official logits unchanged."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from dabnet_lib.fast_ops import (
+from dabnet_lib.model.fast_ops import (
     FastDepthwiseConv2d,
     FastPReLU,
     count_fast_ops,
@@ -19,7 +19,7 @@ from dabnet_lib.fast_ops import (
     use_fast_ops,
     uses_custom_backward,
 )
-from dabnet_lib.model import DABNet, DABNetConfig, load_weights
+from dabnet_lib.model.dabnet import DABNet, DABNetConfig, load_weights
 from test_model import ABLATIONS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from dabnet_lib import cli
-from dabnet_lib.evaluation import evaluate
-from dabnet_lib.datasets import build_dataset
-from dabnet_lib.gpu_timing import DEVICE_VARIANTS, benchmark_on_device
-from dabnet_lib.losses import build_loss
-from dabnet_lib.model import DABNet
-from dabnet_lib.step import train_step
+from dabnet_lib.evaluation.evaluation import evaluate
+from dabnet_lib.data.datasets import build_dataset
+from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS, benchmark_on_device
+from dabnet_lib.training.losses import build_loss
+from dabnet_lib.model.dabnet import DABNet
+from dabnet_lib.training.step import train_step
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -95,8 +95,8 @@ def test_fps_cli_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
 def test_smoke_training_on_cuda_with_deferred_host_syncs(camvid_root: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine on CUDA (AMP auto, step flags read every 10 iterations): finite loss, nothing skipped."""
-    from dabnet_lib.engine import fit
-    from dabnet_lib.recipes import get_recipe
+    from dabnet_lib.training.engine import fit
+    from dabnet_lib.training.recipes import get_recipe
 
     monkeypatch.setenv("DABNET_CACHE_DIR", str(tmp_path / "cache"))
     recipe = get_recipe("camvid", "smoke").replace(epochs=6, save_every=0)  # 12 iterations

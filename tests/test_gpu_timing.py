@@ -1,4 +1,4 @@
-"""`dabnet fps --device cuda` and the device timing harness (dabnet_lib.gpu_timing).
+"""`dabnet fps --device cuda` and the device timing harness (dabnet_lib.deploy.gpu_timing).
 
 No GPU here: the harness runs its device code path on the CPU (perf_counter instead of CUDA events), the
 CLI's CUDA refusal is checked for real (the suite hides GPUs), and the CUDA capability queries are mocked.
@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dabnet_lib.gpu_timing as gpu_timing
-import dabnet_lib.profiling as profiling
-from dabnet_lib import cli, cuda_support
+import dabnet_lib.deploy.gpu_timing as gpu_timing
+import dabnet_lib.deploy.profiling as profiling
+from dabnet_lib import cli, devices as cuda_support
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.gpu_timing import DEVICE_VARIANTS, HALF_TOLERANCE, benchmark_on_device, device_variant_names
-from dabnet_lib.inference_variants import FP32_TOLERANCE, VARIANTS
-from dabnet_lib.model import DABNet
+from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS, HALF_TOLERANCE, benchmark_on_device, device_variant_names
+from dabnet_lib.deploy.inference_variants import FP32_TOLERANCE, VARIANTS
+from dabnet_lib.model.dabnet import DABNet
 
 
 def test_fps_on_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +87,7 @@ def test_require_cuda_names_the_command() -> None:
 
 
 def test_provenance_names_the_device_that_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dabnet_lib.reports import cpu_name, provenance
+    from dabnet_lib.workbook.reports import cpu_name, provenance
 
     assert cpu_name() in provenance("cpu", "1 min", "cmd", device="cpu")["hardware"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -1,4 +1,4 @@
-"""dabnet_lib.inference: Predictor, predict_folder outputs, corrupt inputs, Cityscapes submission export."""
+"""dabnet_lib.evaluation.inference: Predictor, predict_folder outputs, corrupt inputs, Cityscapes submission export."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from dabnet_lib.datasets import CAMVID, CITYSCAPES, build_dataset
+from dabnet_lib.data.datasets import CAMVID, CITYSCAPES, build_dataset
 from dabnet_lib.errors import DatasetError
-from dabnet_lib.inference import Predictor, cityscapes_label_lut, class_argmax, export_cityscapes, predict_folder
-from dabnet_lib.model import DABNet
-from dabnet_lib.visualize import colorize
+from dabnet_lib.evaluation.inference import Predictor, cityscapes_label_lut, class_argmax, export_cityscapes, predict_folder
+from dabnet_lib.model.dabnet import DABNet
+from dabnet_lib.workbook.visualize import colorize
 
 
 class Constant(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.losses import LossConfigError, OhemCrossEntropy, WeightedCrossEntropy, build_loss
+from dabnet_lib.training.losses import LossConfigError, OhemCrossEntropy, WeightedCrossEntropy, build_loss
 
 IGNORE = 255
 

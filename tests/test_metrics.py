@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.metrics import ConfusionMatrix, MetricInputError
+from dabnet_lib.training.metrics import ConfusionMatrix, MetricInputError
 
 IGNORE = 255
 

@@ -1,4 +1,4 @@
-"""dabnet_lib.model: the paper's network, official parity, checkpoints and ablation knobs."""
+"""dabnet_lib.model.dabnet: the paper's network, official parity, checkpoints and ablation knobs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dabnet_lib.model import (
+from dabnet_lib.model.dabnet import (
     CheckpointError,
     DABNet,
     DABNetConfig,
@@ -16,7 +16,7 @@ from dabnet_lib.model import (
     count_parameters,
     load_weights,
 )
-from dabnet_lib.paper import PAPER_PARAMS
+from dabnet_lib.workbook.paper import PAPER_PARAMS
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from dabnet_lib.workbook import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, ParameterError, main, run_notebook
+from dabnet_lib.workbook.runner import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, ParameterError, main, run_notebook
 
 COMMON_PARAMETERS = {"dataset", "data_root", "profile", "run_dir", "reports_dir", "seed"}
 OWN_PARAMETERS = {
@@ -133,7 +133,7 @@ def test_workbook_checks_parameters_before_running(param: str, message: str, tmp
 
 
 def test_parameter_annotations_and_float_defaults() -> None:
-    from dabnet_lib.workbook import check_parameters
+    from dabnet_lib.workbook.runner import check_parameters
 
     declared = {"variants": {"default": '"all"', "inferred_type_name": "str|list"},
                 "lr": {"default": "0.001", "inferred_type_name": "None"},

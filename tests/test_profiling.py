@@ -1,4 +1,4 @@
-"""dabnet_lib.profiling / inference_variants and the `dabnet fps` / `dabnet export` commands.
+"""dabnet_lib.deploy.profiling / inference_variants and the `dabnet fps` / `dabnet export` commands.
 
 Small inputs (64x96) and few iterations; no timing assertions (timings belong to `dabnet fps`).
 """
@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from dabnet_lib import cli
-from dabnet_lib.datasets import CAMVID, CamVid
-from dabnet_lib.inference_rewrites import InferenceForward, upsample_bilinear
-from dabnet_lib.inference_variants import (
+from dabnet_lib.data.datasets import CAMVID, CamVid
+from dabnet_lib.deploy.inference_rewrites import InferenceForward, upsample_bilinear
+from dabnet_lib.deploy.inference_variants import (
     FP32_TOLERANCE,
     INT8_MIN_AGREEMENT,
     TORCHAO_PIP,
@@ -33,8 +33,8 @@ from dabnet_lib.inference_variants import (
     optimize,
     relative_difference,
 )
-from dabnet_lib.model import Conv, DABNet, DABNetConfig
-from dabnet_lib.profiling import (
+from dabnet_lib.model.dabnet import Conv, DABNet, DABNetConfig
+from dabnet_lib.deploy.profiling import (
     benchmark,
     calibration_images,
     count_params,
@@ -44,7 +44,7 @@ from dabnet_lib.profiling import (
     measure,
     target_verdicts,
 )
-from dabnet_lib.transforms import normalize
+from dabnet_lib.data.transforms import normalize
 
 SIZE = (64, 96)
 

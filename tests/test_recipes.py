@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.recipes import CITYSCAPES_OHEM_WEIGHTS, PROFILES, Recipe, field_names, get_recipe, parse_value
+from dabnet_lib.training.recipes import CITYSCAPES_OHEM_WEIGHTS, PROFILES, Recipe, field_names, get_recipe, parse_value
 
 
 def test_camvid_paper_recipe_is_the_published_one() -> None:

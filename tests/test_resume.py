@@ -14,10 +14,10 @@ from typing import Callable
 import pytest
 import torch
 
-from dabnet_lib.checkpoints import load_for_resume
+from dabnet_lib.model.checkpoints import load_for_resume
 from dabnet_lib.cli import main
-from dabnet_lib.engine import TrainingInterrupted, fit
-from dabnet_lib.recipes import Recipe, get_recipe
+from dabnet_lib.training.engine import TrainingInterrupted, fit
+from dabnet_lib.training.recipes import Recipe, get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_interrupted_and_resumed_run_matches_a_straight_run(camvid_root: Path, t
 def test_resume_across_the_resolution_stage_boundary_is_exact(camvid_root: Path, tmp_path: Path) -> None:
     """An iteration-defined two-stage run (as the cpu profile): stage 1 starts at iteration 4, the first
     epoch boundary past 50%; stops just before, at and after the boundary resume to the same weights."""
-    from dabnet_lib.eta import final_stage_start
+    from dabnet_lib.training.eta import final_stage_start
 
     recipe = _recipe(epochs=3, final_fraction=0.5, base_scale=0.5, final_base_scale=1.0, final_crop_size=(64, 80))
     assert final_stage_start(12, 4, 0.5) == 8

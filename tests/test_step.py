@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import dabnet_lib.engine as engine
+import dabnet_lib.training.engine as engine
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.model import DABNet
-from dabnet_lib.recipes import get_recipe
-from dabnet_lib.step import GRAD_PROBE_TOLERANCE, train_step, training_layout
+from dabnet_lib.model.dabnet import DABNet
+from dabnet_lib.training.recipes import get_recipe
+from dabnet_lib.training.step import GRAD_PROBE_TOLERANCE, train_step, training_layout
 
 
 def _setup() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
@@ -96,7 +96,7 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
     assert training_layout(True, None, cpu).memory_format == torch.channels_last
     assert training_layout(True, None, cpu).compile_options is None
     assert training_layout(False, torch.bfloat16, cpu).memory_format == torch.contiguous_format
-    import dabnet_lib.step as step
+    import dabnet_lib.training.step as step
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": float("inf"))
     refused = training_layout(True, torch.bfloat16, cpu)
     assert refused.memory_format == torch.contiguous_format and "channels_last off" in refused.note

@@ -1,4 +1,4 @@
-"""dabnet_lib.transforms: shapes, integer labels, image/label alignment, padding, reproducibility."""
+"""dabnet_lib.data.transforms: shapes, integer labels, image/label alignment, padding, reproducibility."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dabnet_lib.datasets import CAMVID, CamVid
-from dabnet_lib.transforms import PAPER_SCALES, EvalTransform, TrainTransform, denormalize, normalize
+from dabnet_lib.data.datasets import CAMVID, CamVid
+from dabnet_lib.data.transforms import PAPER_SCALES, EvalTransform, TrainTransform, denormalize, normalize
 
 IGNORE = CAMVID.ignore_index
 MEAN = (10.0, 10.0, 10.0)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dabnet_lib.evaluation import evaluate_checkpoint
-from dabnet_lib.model import DABNet
-from dabnet_lib.variant_accuracy import variant_miou
+from dabnet_lib.evaluation.evaluation import evaluate_checkpoint
+from dabnet_lib.model.dabnet import DABNet
+from dabnet_lib.deploy.variant_accuracy import variant_miou
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dabnet_lib.viewer import (
+from dabnet_lib.workbook.viewer import (
     DIM,
     LAYERS,
     OUTLINE_COLOR,
@@ -20,7 +20,7 @@ from dabnet_lib.viewer import (
     per_image_iou,
     render,
 )
-from dabnet_lib.visualize import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
+from dabnet_lib.workbook.visualize import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
 
 from fakes import FakeInfo
 
@@ -319,7 +319,7 @@ def test_large_images_are_downscaled_for_display_only():
 
 
 def test_viewer_with_real_camvid(camvid_root):
-    from dabnet_lib.datasets import CamVid
+    from dabnet_lib.data.datasets import CamVid
 
     ds = CamVid(camvid_root, "val")
     answers = {}  # a perfect 'model': the ground truth, with void pixels called class 0
@@ -345,8 +345,8 @@ NOTEBOOK_CODE = """
 import numpy as np
 from dataclasses import dataclass
 from IPython.display import display
-from dabnet_lib.viewer import PredictionViewer
-from dabnet_lib.visualize import sample_grid
+from dabnet_lib.workbook.viewer import PredictionViewer
+from dabnet_lib.workbook.visualize import sample_grid
 
 @dataclass(frozen=True)
 class Info:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from dabnet_lib.visualize import (
+from dabnet_lib.workbook.visualize import (
     ERROR_CORRECT,
     ERROR_IGNORED,
     ERROR_WRONG,
@@ -162,7 +162,7 @@ def test_to_png_bytes_roundtrip():
 
 
 def test_real_camvid_info_and_sample(camvid_root):
-    from dabnet_lib.datasets import CAMVID, CamVid
+    from dabnet_lib.data.datasets import CAMVID, CamVid
 
     every = np.arange(12, dtype=np.uint8).reshape(3, 4)  # all 11 classes and the void label 11
     out = colorize(every, CAMVID.palette, CAMVID.ignore_index)

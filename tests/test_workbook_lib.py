@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dabnet_lib import exploration
-from dabnet_lib.ablations import VARIANTS
-from dabnet_lib.datasets import CAMVID, build_dataset
+from dabnet_lib.workbook.runner import exploration
+from dabnet_lib.workbook.ablations import VARIANTS
+from dabnet_lib.data.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.model import DABNet, count_parameters
-from dabnet_lib.qualitative import median_index, pick_examples
-from dabnet_lib.reports import (
+from dabnet_lib.model.dabnet import DABNet, count_parameters
+from dabnet_lib.workbook.qualitative import median_index, pick_examples
+from dabnet_lib.workbook.reports import (
     MAX_MARKDOWN_COLUMNS,
     VIEWS,
     TableView,
@@ -24,7 +24,7 @@ from dabnet_lib.reports import (
     rerender_markdown,
     write_table,
 )
-from dabnet_lib.workbook import (
+from dabnet_lib.workbook.runner import (
     REPO_ROOT,
     Layout,
     ParameterError,

@@ -27,7 +27,7 @@ def kernel_name() -> str:
     """The project's named kernel; fails with the fix when ``make kernel`` has not registered it."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from dabnet_lib.workbook import KERNEL_NAME
+    from dabnet_lib.workbook.runner import KERNEL_NAME
 
     specs = KernelSpecManager().find_kernel_specs()
     if KERNEL_NAME not in specs:

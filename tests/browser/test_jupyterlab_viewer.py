@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from dabnet_lib.viewer import LAYERS
-from dabnet_lib.workbook import TRAIN_SUBDIR
+from dabnet_lib.workbook.viewer import LAYERS
+from dabnet_lib.workbook.runner import TRAIN_SUBDIR
 from lab_harness import parameterised_copy, wait_until
 from lab_page import LiveTrainingDriver, NotebookPage, ViewerDriver
 

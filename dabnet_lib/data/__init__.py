@@ -1,0 +1,8 @@
+"""data/: datasets and what is computed from them alone.
+
+Holds ``CamVid`` and ``Cityscapes`` (class names, palettes, ignore index, splits: :mod:`.datasets`), the
+statistics cache (:mod:`.statistics`), the training and evaluation transforms (:mod:`.transforms`), label
+colouring (:mod:`.colors`) and ``make data`` setup (:mod:`.data_setup`).
+
+May import: the shared bottom layer (errors, atomic_files, paths, devices, machine). Nothing above it.
+"""

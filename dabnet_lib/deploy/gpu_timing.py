@@ -1,0 +1,201 @@
+"""Inference speed on an accelerator: ``dabnet fps --device cuda`` and notebook 06 with ``device="cuda"``.
+
+:func:`benchmark_on_device` builds the variants that run on the device, checks each against eager on the
+same device and times them interleaved in rounds, with the rows of :func:`dabnet_lib.deploy.profiling.benchmark`:
+
+- ``eager`` (fp32), ``channels_last``, ``folded`` (BatchNorm folded into the convolutions), ``compiled``
+  (folded + channels_last + :class:`InferenceForward` under ``torch.compile``, Inductor's defaults for the
+  device) must match eager within ``FP32_TOLERANCE``. They run in true fp32: TF32 is switched off while
+  timing (the paper's GTX 1080Ti has none; TF32 would make "fp32" a reduced precision on Ampere+).
+- ``fp16`` and ``bf16``: eager under ``torch.autocast``; parity is the relative logit difference within
+  :data:`HALF_TOLERANCE` and the predicted-label agreement. bf16 on a GPU without native bf16 (compute
+  capability < 8.0) is emulated and says so in its notes.
+- variants that exist only on CPU (onnxruntime's CPU provider, the PT2E int8 and inductor freezing/C++
+  wrapper builds, OpenVINO) get a row with ``status`` "cpu only" instead of timing the CPU.
+
+On CUDA each call is timed with CUDA events and synchronised (latency of one call, launch overhead
+included); ``cudnn.benchmark`` is on while timing. Any other device type (the CPU, for the tests) is timed
+with ``perf_counter``. Unverified until a GPU run: every CUDA-specific line of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import first_line
+from .inference_rewrites import InferenceForward, fold_batchnorm
+from .inference_variants import FP32_TOLERANCE, VARIANTS, label_agreement, relative_difference
+
+#: Variants timed on the device, in table order.
+DEVICE_VARIANTS: tuple[str, ...] = ("eager", "channels_last", "folded", "compiled", "fp16", "bf16")
+#: Max relative logit difference to eager (fp32) for the autocast variants (measured on CPU with a random-init
+#: DABNet at 128x160: fp16 2e-3, bf16 1e-2; the GPU figures await a GPU run).
+HALF_TOLERANCE: dict[str, float] = {"fp16": 1e-2, "bf16": 5e-2}
+_HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def device_variant_names(spec: str | Sequence[str]) -> list[str]:
+    """``"all"`` or a comma list -> names in order: device variants, then the CPU-only ones asked for."""
+    names = [v.strip() for v in (spec.split(",") if isinstance(spec, str) else spec) if v.strip()]
+    if not names or "all" in names:
+        names = list(DEVICE_VARIANTS) + [v for v in VARIANTS if v not in DEVICE_VARIANTS]
+    if "eager" not in names:
+        names.insert(0, "eager")
+    return list(dict.fromkeys(names))
+
+
+@contextlib.contextmanager
+def _timing_backends(device: torch.device) -> Iterator[None]:
+    """While timing on CUDA: true fp32 (TF32 off) and cuDNN's autotuner on; restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def _no_grad(fn: Fn, dtype: torch.dtype | None = None, layout: torch.memory_format | None = None) -> Fn:
+    def run(images: torch.Tensor) -> torch.Tensor:
+        x = images if layout is None else images.contiguous(memory_format=layout)
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return fn(x).float()
+    return run
+
+
+def _build(model: nn.Module, name: str, device: torch.device) -> tuple[Fn, str]:
+    """(callable on ``device``, notes) of variant ``name``; ``model`` is already on ``device``."""
+    cl = torch.channels_last
+    if name == "eager":
+        return _no_grad(model), "fp32 (TF32 off)" if device.type == "cuda" else "fp32"
+    if name == "channels_last":
+        return _no_grad(copy.deepcopy(model).to(memory_format=cl), layout=cl), "fp32, NHWC"
+    if name == "folded":
+        return _no_grad(fold_batchnorm(model)), "fp32, BatchNorm folded into the convolutions"
+    if name == "compiled":
+        module = InferenceForward(fold_batchnorm(model).to(memory_format=cl))
+        return _no_grad(torch.compile(module, dynamic=False), layout=cl), \
+            f"folded + channels_last + InferenceForward, torch.compile (inductor, {device.type} defaults)"
+    dtype = _HALF_DTYPES[name]
+    notes = f"eager under torch.autocast({device.type}, {name})"
+    if name == "bf16" and device.type == "cuda":
+        from ..devices import cuda_bf16_native
+
+        if not cuda_bf16_native(device):
+            notes += "; this GPU has no native bf16 (compute capability < 8.0): emulated, slow"
+    return _no_grad(model, dtype=dtype), notes
+
+
+def _parity(name: str, ref: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
+    """fp32 variants: relative logit difference <= FP32_TOLERANCE; fp16/bf16: <= HALF_TOLERANCE, with the
+    predicted-label agreement in the text."""
+    if out.shape != ref.shape:
+        return {"value": None, "ok": False, "text": f"FAIL shape {tuple(out.shape)} vs eager {tuple(ref.shape)}"}
+    rel = relative_difference(ref, out)
+    limit = HALF_TOLERANCE.get(name, FP32_TOLERANCE)
+    ok = rel <= limit
+    text = f"{'ok' if ok else 'FAIL'} rel {rel:.1e}"
+    if name in HALF_TOLERANCE:
+        text += f", labels {label_agreement(ref, out):.1f}% agree"
+    return {"value": rel, "ok": ok, "text": text}
+
+
+def time_calls(fn: Fn, images: torch.Tensor, calls: int) -> list[float]:
+    """Milliseconds of each of ``calls`` calls ``fn(images)``: CUDA events around each call, then a
+    synchronisation (CUDA); ``perf_counter`` elsewhere."""
+    times: list[float] = []
+    for _ in range(calls):
+        if images.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(images)
+            end.record()
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+        else:
+            t0 = time.perf_counter()
+            fn(images)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _cpu_only_row(name: str) -> dict[str, str]:
+    if name in VARIANTS:
+        return {"status": "cpu only", "error": "CPU only (a CPU backend): not timed on this device"}
+    return {"status": "error", "error": f"unknown variant {name!r}; choose from {', '.join(DEVICE_VARIANTS + VARIANTS)}"}
+
+
+def benchmark_on_device(model: nn.Module, input_size: tuple[int, int], variants: str | Sequence[str] = "all",
+                        batch: int = 1, device: str | torch.device = "cuda", warmup: int = 5, iters: int = 30,
+                        rounds: int = 3, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Build, check and time ``variants`` of ``model`` at ``batch`` x 3 x ``input_size`` on ``device``
+    (the model itself is not moved: a copy is). Rows as :func:`dabnet_lib.deploy.profiling.benchmark`'s, eager
+    first; a variant that cannot run here has ``status`` "cpu only" or "error" and its reason in ``error``."""
+    from .profiling import device_name, load_average, summarize
+
+    log = log or (lambda _msg: None)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    on_device = copy.deepcopy(model).eval().to(dev)
+    example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    context = {"device": device_name(dev), "threads": torch.get_num_threads(), "batch": batch,
+               "resolution": f"{input_size[0]}x{input_size[1]}", "torch": torch.__version__,
+               "load_avg_start": load_average(), "idle_before_rounds": []}
+    rows: dict[str, dict[str, Any]] = {}
+    built: dict[str, Fn] = {}
+    with _timing_backends(dev):
+        reference = _no_grad(on_device)(example)
+        for name in device_variant_names(variants):
+            row = rows[name] = {"variant": name, "status": "ok", "ms": None, "p90_ms": None, "fps": None,
+                                "speedup": None, "parity": "", "parity_ok": None, "parity_value": None,
+                                "build_s": None, "notes": "", "error": None, **context}
+            if name not in DEVICE_VARIANTS:
+                row.update(_cpu_only_row(name))
+                continue
+            log(f"building {name} on {dev} ...")
+            start = time.perf_counter()
+            try:
+                fn, notes = _build(on_device, name, dev)
+                out = fn(example)  # first call: compiles where it applies
+            except Exception as exc:  # noqa: BLE001  (a compiler/backend failure: this variant's row)
+                first = first_line(exc)
+                row.update(status="error", error=f"{name} could not be built or run on {dev}: {first}")
+                continue
+            parity = _parity(name, reference, out)
+            row.update(build_s=round(time.perf_counter() - start, 2), notes=notes, parity=parity["text"],
+                       parity_ok=parity["ok"], parity_value=parity["value"])
+            built[name] = fn
+        times: dict[str, list[float]] = {name: [] for name in built}
+        for name, fn in built.items():
+            time_calls(fn, example, max(1, warmup))
+        per_round = max(1, math.ceil(iters / max(1, rounds)))
+        for r in range(max(1, rounds)):
+            for name, fn in built.items():
+                times[name] += time_calls(fn, example, per_round)
+            log(f"round {r + 1}/{rounds} done")
+    eager_ms = None
+    for name in built:
+        stats = summarize(times[name], example, context["device"])
+        rows[name].update(ms=round(stats["median_ms"], 3), p90_ms=round(stats["p90_ms"], 3), fps=round(stats["fps"], 2))
+        eager_ms = stats["median_ms"] if name == "eager" else eager_ms
+    end_load = load_average()
+    for row in rows.values():
+        row["load_avg_end"] = end_load
+        if row["ms"] is not None and eager_ms:
+            row["speedup"] = round(eager_ms / row["ms"], 2)
+    return list(rows.values())
