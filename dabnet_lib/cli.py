@@ -124,7 +124,8 @@ def _add_stats(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 def _run_stats(args: argparse.Namespace) -> int:
     import json
 
-    from .data.datasets import build_dataset, get_info, statistics
+    from .data.datasets import build_dataset, get_info
+    from .data.statistics import statistics
 
     info = get_info(args.dataset)
     ds = build_dataset(args.dataset, args.data_root or default_data_root(args.dataset), args.split)

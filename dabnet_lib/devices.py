@@ -1,5 +1,6 @@
-"""What this machine's CUDA device offers, asked in one place: whether there is one (a clear error when a
-command needs it and there is none), native bf16, and a one-line description for provenance.
+"""Devices in one place: which torch device a command runs on (:func:`resolve_device`), and what this machine's
+CUDA device offers: whether there is one (a clear error when a command needs it and there is none), native bf16,
+and a one-line description for provenance. Shared bottom layer: imports only errors.
 
 Unverified until a GPU run: this module only reads ``torch.cuda`` queries; on CPU the tests mock them.
 """
@@ -36,3 +37,18 @@ def gpu_description(device: torch.device | str | int | None = None) -> str:
     props = torch.cuda.get_device_properties(device)
     return (f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
             f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise DabnetError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DabnetError(f"device {device!r} requested but CUDA is not available here: use --device cpu")
+    return dev

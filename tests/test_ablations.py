@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dabnet_lib.workbook.runner import ablations as A
+from dabnet_lib.workbook import ablations as A
 from dabnet_lib.workbook.ablation_stats import paired_table, seeds_to_resolve, t_interval, verdict
 from dabnet_lib.workbook.ablation_sweep import Sweep, build_tables, missing_note, plan, run_sweep
 from dabnet_lib.workbook.ablation_units import (Unit, parse_shard, plan_units, read_unit, read_units, shard_units, unit_path,

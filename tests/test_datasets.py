@@ -24,12 +24,9 @@ from dabnet_lib.data.datasets import (
     Cityscapes,
     DatasetError,
     build_dataset,
-    check,
-    default_cache_dir,
     get_info,
-    statistics,
-    validate,
 )
+from dabnet_lib.data.statistics import check, default_cache_dir, statistics, validate
 
 
 def camvid_view(source: Path, dest: Path, per_split: int, splits=("train", "val", "test")) -> Path:

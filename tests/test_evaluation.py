@@ -13,7 +13,8 @@ from torch import nn
 from dabnet_lib.data.datasets import SegmentationDataset, build_dataset
 from dabnet_lib.errors import CheckpointError, DatasetError
 from dabnet_lib.evaluation.evaluation import (
-    PixelCounter, best_of_last, evaluate, evaluate_checkpoint, format_result, result_to_json)
+    best_of_last, evaluate_checkpoint, format_result, result_to_json)
+from dabnet_lib.training.validation import PixelCounter, evaluate
 from dabnet_lib.training.metrics import ConfusionMatrix
 from dabnet_lib.model.dabnet import DABNet, DABNetConfig
 

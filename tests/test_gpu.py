@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dabnet_lib import cli
-from dabnet_lib.evaluation.evaluation import evaluate
+from dabnet_lib.training.validation import evaluate
 from dabnet_lib.data.datasets import build_dataset
 from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS, benchmark_on_device
 from dabnet_lib.training.losses import build_loss

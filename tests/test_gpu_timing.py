@@ -11,7 +11,7 @@ import torch
 
 import dabnet_lib.deploy.gpu_timing as gpu_timing
 import dabnet_lib.deploy.profiling as profiling
-from dabnet_lib import cli, devices as cuda_support
+from dabnet_lib import cli, devices
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS, HALF_TOLERANCE, benchmark_on_device, device_variant_names
 from dabnet_lib.deploy.inference_variants import FP32_TOLERANCE, VARIANTS
@@ -78,12 +78,12 @@ def test_profiling_benchmark_sends_cuda_to_the_device_harness(monkeypatch: pytes
 def test_native_bf16_needs_compute_capability_8(monkeypatch: pytest.MonkeyPatch, capability, native) -> None:
     """1080Ti (6.1), V100 (7.0), T4 (7.5) emulate bf16 (torch.cuda.is_bf16_supported() still says True)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert cuda_support.cuda_bf16_native(0) is native
+    assert devices.cuda_bf16_native(0) is native
 
 
 def test_require_cuda_names_the_command() -> None:
     with pytest.raises(DabnetError, match=r"^gpu thing: no CUDA device \(torch 2\.13"):
-        cuda_support.require_cuda("gpu thing")
+        devices.require_cuda("gpu thing")
 
 
 def test_provenance_names_the_device_that_ran(monkeypatch: pytest.MonkeyPatch) -> None:

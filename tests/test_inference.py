@@ -12,9 +12,10 @@ from torch import nn
 
 from dabnet_lib.data.datasets import CAMVID, CITYSCAPES, build_dataset
 from dabnet_lib.errors import DatasetError
-from dabnet_lib.evaluation.inference import Predictor, cityscapes_label_lut, class_argmax, export_cityscapes, predict_folder
+from dabnet_lib.evaluation.inference import Predictor, cityscapes_label_lut, export_cityscapes, predict_folder
+from dabnet_lib.training.validation import class_argmax
 from dabnet_lib.model.dabnet import DABNet
-from dabnet_lib.workbook.visualize import colorize
+from dabnet_lib.data.colors import colorize
 
 
 class Constant(nn.Module):

@@ -20,7 +20,7 @@ from dabnet_lib.workbook.viewer import (
     per_image_iou,
     render,
 )
-from dabnet_lib.workbook.visualize import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
+from dabnet_lib.data.colors import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
 
 from fakes import FakeInfo
 

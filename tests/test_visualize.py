@@ -1,4 +1,4 @@
-"""visualize: colours at known pixels, blending, error maps, legends and the figures' contents."""
+"""visualize, data.colors, training.curves: colours at known pixels, blending, error maps, legends and the figures' contents."""
 
 from __future__ import annotations
 
@@ -11,20 +11,18 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from dabnet_lib.workbook.visualize import (
+from dabnet_lib.data.colors import (
     ERROR_CORRECT,
     ERROR_IGNORED,
     ERROR_WRONG,
     VisualizeError,
     colorize,
     error_map,
-    legend_handles,
     overlay,
-    plot_confusion,
-    plot_curves,
-    sample_grid,
     to_png_bytes,
 )
+from dabnet_lib.training.curves import plot_curves
+from dabnet_lib.workbook.visualize import legend_handles, plot_confusion, sample_grid
 
 from fakes import FakeInfo
 

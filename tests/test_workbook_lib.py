@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dabnet_lib.workbook.runner import exploration
+from dabnet_lib.workbook import exploration
 from dabnet_lib.workbook.ablations import VARIANTS
 from dabnet_lib.data.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError

@@ -5,7 +5,8 @@ Every dataset yields ``image`` uint8 (H, W, 3) RGB and ``label`` uint8 (H, W) in
 values ``0 .. C-1`` are classes, ``info.ignore_index`` marks void/ignored pixels. Decoding uses OpenCV
 (``cv2.imread``) and vectorised look-up tables; ``cache_in_memory()`` decodes a split once.
 
-Statistics, ``validate`` and ``check`` live in :mod:`dabnet_lib.data.statistics` and are re-exported here.
+Statistics, ``validate`` and ``check`` live in :mod:`dabnet_lib.data.statistics`, which imports this module
+(never the other way round).
 """
 
 from __future__ import annotations
@@ -376,10 +377,7 @@ def _unpaired_text(no_label: Sequence[str], label_dir: Path, no_image: Sequence[
     return "; ".join(parts)
 
 
-from .statistics import check, default_cache_dir, statistics, validate  # noqa: E402  (re-export)
-
 __all__ = [
     "CAMVID", "CAMVID_SPLIT_SIZES", "CITYSCAPES", "CITYSCAPES_LABELID_TO_TRAINID", "DATASETS", "SPLITS",
-    "CamVid", "Cityscapes", "DatasetError", "DatasetInfo", "SegmentationDataset", "build_dataset", "check",
-    "default_cache_dir", "get_info", "statistics", "validate",
+    "CamVid", "Cityscapes", "DatasetError", "DatasetInfo", "SegmentationDataset", "build_dataset", "get_info",
 ]

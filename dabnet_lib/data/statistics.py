@@ -1,7 +1,7 @@
 """Dataset-wide scans: ``statistics`` (mean, std, class frequencies and weights, cached as JSON),
 ``validate`` (every problem of a split at once) and ``check`` (raise on any problem).
 
-Also importable from :mod:`dabnet_lib.data.datasets`.
+It reads splits of :mod:`dabnet_lib.data.datasets` (which does not import this module).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The int8 target of the speed work is "at most 1.0 mIoU point below eager on CamVid val with a
 trained checkpoint"; :func:`variant_miou` measures exactly that for any variant of
-:mod:`dabnet_lib.deploy.inference_variants`, through the same :func:`evaluation.evaluate` loop as
+:mod:`dabnet_lib.deploy.inference_variants`, through the same :func:`~dabnet_lib.training.validation.evaluate` loop as
 ``dabnet test`` (full label size, single scale, no flip).
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import build_dataset
-from ..evaluation.evaluation import evaluate
+from ..training.validation import evaluate
 from .inference_variants import optimize
 from ..model.dabnet import build_from_checkpoint
 from .profiling import calibration_images

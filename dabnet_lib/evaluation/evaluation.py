@@ -1,10 +1,6 @@
-"""Evaluation of a split at full label resolution: confusion matrix, per-class IoU, mIoU (standard
-and the official code's), pixel accuracy, timings with the share spent in metric updates.
-
-The metric stays on the model's device: ``argmax``, one fused ``pred + C * label`` and one
-``bincount`` per batch (:class:`PixelCounter`); the metrics themselves come from
-:meth:`~dabnet_lib.training.metrics.ConfusionMatrix.compute`. Evaluation is bound by the model, not by the
-metric (the official code looped over pixels in Python).
+"""Evaluation of a checkpoint on a split at full label resolution, and best-of-last selection over a run's epoch
+checkpoints. The loop that scores a model (:func:`~dabnet_lib.training.validation.evaluate`) is the one training
+validates with: confusion matrix, per-class IoU, mIoU (standard and the official code's), pixel accuracy, timings.
 """
 
 from __future__ import annotations
@@ -12,24 +8,18 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..data.datasets import SegmentationDataset, build_dataset
-from ..errors import CheckpointError, DatasetError
+from ..errors import CheckpointError
 from ..paths import default_data_root
-from .inference import checkpoint_info, checkpoint_normalization, class_argmax, resolve_device
-from ..training.metrics import ConfusionMatrix
+from .inference import checkpoint_info, checkpoint_normalization
 from ..model.dabnet import build_from_checkpoint
-from ..data.transforms import EvalTransform
+from ..training.validation import evaluate
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 SELECTION_NOTE = (
@@ -38,196 +28,6 @@ SELECTION_NOTE = (
 )
 # Heavier inputs than this are not cached in RAM for best_of_last (bytes).
 _CACHE_LIMIT = 2 << 30
-
-
-class _EvalView(Dataset):
-    """``(image tensor (3, h, w), label int64 (H, W), name)`` for the first ``count`` samples."""
-
-    def __init__(self, dataset: SegmentationDataset, transform: EvalTransform, count: int) -> None:
-        self.dataset, self.transform, self.count = dataset, transform, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        image, label = self.dataset.load(i)
-        if label is None:
-            raise DatasetError(f"{self.dataset.name(i)} in split {self.dataset.split} has no label to evaluate on")
-        x, y = self.transform(image, label)
-        return x, torch.as_tensor(y, dtype=torch.int64), self.dataset.name(i)
-
-
-def _collate(batch: list[tuple[torch.Tensor, torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    shapes = {tuple(x.shape) + tuple(y.shape) for x, y, _ in batch}
-    if len(shapes) != 1:
-        names = ", ".join(f"{n} {tuple(y.shape)}" for _, y, n in batch)
-        raise DatasetError(f"batch_size > 1 needs same-size images, got {names}: use batch size 1")
-    return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-
-
-class PixelCounter:
-    """Confusion counts for labels in ``0..C-1`` plus a non-negative ignore index, with three passes
-    over the pixels per batch (argmax'd ``pred`` + ``C * label`` fused, one ``bincount``) instead of
-    :meth:`ConfusionMatrix.update`'s range checks: eval labels are validated when decoded, and
-    stray values still surface in :meth:`confusion` (they land in rows of their own). Counts stay on
-    the device of the tensors given."""
-
-    def __init__(self, num_classes: int, ignore_index: int) -> None:
-        if ignore_index < 0:
-            raise ValueError(f"PixelCounter needs a non-negative ignore index, got {ignore_index}")
-        self.c, self.ignore = int(num_classes), int(ignore_index)
-        self.rows = max(self.c, self.ignore + 1)
-        self.counts: torch.Tensor | None = None
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """``pred`` int64 in ``0..C-1`` and ``target`` int64 (same shape, same device)."""
-        n = self.rows * self.c
-        counts = torch.bincount(torch.add(pred, target, alpha=self.c).reshape(-1), minlength=n)
-        if counts.numel() > n:  # a label above the ignore index (the size is known on the host)
-            bad = int(target.max())
-            raise DatasetError(f"label value {bad} is neither a class (0..{self.c - 1}) nor the ignore index {self.ignore}")
-        self.counts = counts if self.counts is None else self.counts.add_(counts)
-
-    def confusion(self) -> torch.Tensor:
-        """int64 (C, C) counts, rows = ground truth; DatasetError if labels held stray values."""
-        if self.counts is None:
-            return torch.zeros(self.c, self.c, dtype=torch.int64)
-        table = self.counts.view(self.rows, self.c)
-        stray = [r for r in range(self.c, self.rows) if r != self.ignore]
-        if stray and int(table[stray].sum()) > 0:
-            bad = [r for r in stray if int(table[r].sum()) > 0]
-            raise DatasetError(f"label values {bad[:10]} are neither classes (0..{self.c - 1}) nor the ignore index {self.ignore}")
-        return table[: self.c].clone()
-
-
-def memory_format_of(model: nn.Module) -> torch.memory_format:
-    """The memory format of ``model``'s convolution weights: channels_last when its first 4-D parameter
-    with a spatial extent is stored NHWC, else contiguous (NCHW; also for a model without such weights)."""
-    for p in model.parameters():
-        if p.dim() == 4 and p.shape[-2] * p.shape[-1] > 1:
-            return torch.channels_last if not p.is_contiguous() and p.is_contiguous(
-                memory_format=torch.channels_last) else torch.contiguous_format
-    return torch.contiguous_format
-
-
-def _device_of(model: nn.Module) -> torch.device | None:
-    """The device of ``model``'s first parameter or buffer (None when it has neither)."""
-    for t in [*model.parameters(), *model.buffers()]:
-        return t.device
-    return None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: SegmentationDataset,
-    device: str | torch.device = "auto",
-    batch_size: int = 1,
-    progress: bool = True,
-    scale: float = 1.0,
-    num_workers: int = 0,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    limit: int | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``model`` on every image of ``dataset`` (or its first ``limit``) at full label size.
-
-    Normalisation: ``mean`` (RGB, 0..255) defaults to ``dataset.info.official_mean`` and ``std`` to
-    None (mean subtraction only, as the official code); pass the checkpoint's ``mean``/``std`` (what
-    :func:`evaluate_checkpoint` does) or ``datasets.statistics(...)`` values to override.
-    ``scale != 1`` resizes the image only; logits are upsampled bilinearly to the label size before
-    the argmax. ``batch_size > 1`` needs same-size images. The model runs on ``device`` in eval mode
-    under ``torch.inference_mode``, in its own memory format (inputs follow it), and is left as it was
-    found: its device, memory format and train/eval mode are restored (validation inside training must
-    not change the training model; :func:`evaluate_checkpoint` puts its own model in channels_last).
-
-    Returns :meth:`ConfusionMatrix.compute` (``iou``, ``miou``, ``official_miou``, ``pixel_accuracy``,
-    ``mean_accuracy``, ``confusion``) plus ``iou_by_class`` {class name: IoU or NaN}, ``images``,
-    ``split``, ``dataset``, ``scale``, ``batch_size``, ``device``, ``mean``, ``std``, ``seconds``
-    (wall time of the loop), ``forward_seconds`` (model + upsampling), ``metric_seconds`` (argmax +
-    confusion update) and ``metric_share`` = metric_seconds / seconds.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    info = dataset.info
-    count = len(dataset) if limit is None else min(len(dataset), max(0, int(limit)))
-    if count == 0:
-        raise DatasetError(f"split {dataset.split} of {info.name} at {dataset.root} holds no images to evaluate")
-    if not getattr(dataset, "has_labels", True):
-        raise DatasetError(
-            f"split {dataset.split} of {info.name} at {dataset.root} has no label files to evaluate on "
-            "(Cityscapes test labels are withheld: use `dabnet predict --cityscapes-submission`)"
-        )
-    mean_t = tuple(float(v) for v in (mean if mean is not None else info.official_mean))
-    std_t = tuple(float(v) for v in std) if std is not None else None
-    dev = resolve_device(device)
-    n_out = getattr(model, "num_classes", None)
-    if n_out is not None and n_out != info.num_classes:
-        raise ValueError(f"model has {n_out} classes but {info.name} has {info.num_classes}")
-
-    view = _EvalView(dataset, EvalTransform(mean_t, std_t, scale=scale), count)
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate, pin_memory=dev.type == "cuda")
-    was_training, home, mf = model.training, _device_of(model), memory_format_of(model)
-    model.to(dev).eval()  # .to(device) keeps every tensor's strides
-    cm = ConfusionMatrix(info.num_classes, info.ignore_index)
-    counter = PixelCounter(info.num_classes, info.ignore_index) if info.ignore_index >= 0 else cm
-    forward_s = metric_s = 0.0
-    images = 0
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            bar = tqdm(loader, total=len(loader), desc=f"eval {info.name}/{dataset.split}", unit="batch",
-                       disable=not progress)
-            for x, y in bar:
-                x = x.to(dev, non_blocking=True).contiguous(memory_format=mf)
-                y = y.to(dev, non_blocking=True)
-                _sync(dev)
-                t0 = time.perf_counter()
-                logits = model(x)
-                if logits.shape[1] != info.num_classes:
-                    raise ValueError(f"model outputs {logits.shape[1]} classes, {info.name} has {info.num_classes}")
-                if logits.shape[-2:] != y.shape[-2:]:
-                    logits = F.interpolate(logits.float(), y.shape[-2:], mode="bilinear", align_corners=False)
-                _sync(dev)
-                t1 = time.perf_counter()
-                counter.update(class_argmax(logits), y)
-                _sync(dev)
-                t2 = time.perf_counter()
-                forward_s += t1 - t0
-                metric_s += t2 - t1
-                images += x.shape[0]
-    finally:
-        model.train(was_training)
-        if home is not None and home != dev:
-            model.to(home)
-    seconds = time.perf_counter() - start
-    if isinstance(counter, PixelCounter):
-        cm.matrix = counter.confusion()
-    result = dict(cm.compute())
-    iou = np.asarray(result["iou"], dtype=np.float64)
-    result.update(
-        iou_by_class={name: float(v) for name, v in zip(info.classes, iou)},
-        images=images,
-        split=dataset.split,
-        dataset=info.name,
-        scale=float(scale),
-        batch_size=int(batch_size),
-        device=str(dev),
-        mean=list(mean_t),
-        std=list(std_t) if std_t is not None else None,
-        seconds=seconds,
-        forward_seconds=forward_s,
-        metric_seconds=metric_s,
-        metric_share=metric_s / seconds if seconds > 0 else 0.0,
-    )
-    return result
 
 
 def evaluate_checkpoint(

@@ -22,10 +22,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.datasets import DATASETS, DatasetInfo, SegmentationDataset, get_info
-from ..errors import CheckpointError, DabnetError, DatasetError
+from ..errors import CheckpointError, DatasetError
+from ..devices import resolve_device
 from ..model.dabnet import build_from_checkpoint
+from ..training.validation import class_argmax
 from ..data.transforms import EvalTransform
-from ..workbook.visualize import colorize, overlay
+from ..data.colors import colorize, overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 WRITE_KINDS = ("label", "color", "overlay")
@@ -33,29 +35,6 @@ _CITYSCAPES_STEM = re.compile(r"^([A-Za-z0-9-]+_\d+_\d+)")
 
 
 # --------------------------------------------------------------------------- helpers shared with evaluation
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise DabnetError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DabnetError(f"device {device!r} requested but CUDA is not available here: use --device cpu")
-    return dev
-
-
-def class_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Class ids ``(N, H, W)`` int64 of logits ``(N, C, H, W)``, on the logits' device. On CPU numpy's
-    argmax is used: about 2x faster than torch's channel reduction for either memory format."""
-    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.argmax(logits.detach().numpy(), axis=1))
-    return logits.argmax(1)
 
 
 def checkpoint_info(ckpt: Mapping[str, Any], num_classes: int, name: str, dataset: str | None = None) -> DatasetInfo:

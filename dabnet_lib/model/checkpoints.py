@@ -7,8 +7,6 @@ the official key names), ``num_classes``, ``model_config``, ``dataset``, ``mean`
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import random
 import shutil
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic_files import WriteError, write_atomic, write_bytes_atomic
+from ..atomic_files import WriteError, write_atomic
 from ..errors import CheckpointError
 from .dabnet import read_checkpoint
 
@@ -47,18 +45,6 @@ def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
             shutil.copyfileobj(fin, f, 1 << 20)
 
     return _save(Path(dst), write)
-
-
-def write_metrics(out_dir: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
-    """``metrics.jsonl`` (one JSON row per epoch) and, when rows exist, ``curves.png`` (loss, lr, mIoU)."""
-    out = Path(out_dir)
-    write_bytes_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
-    if rows:
-        from ..workbook.visualize import plot_curves
-
-        buf = io.BytesIO()
-        plot_curves(rows).savefig(buf, format="png", dpi=100)
-        write_bytes_atomic(out / "curves.png", buf.getvalue())
 
 
 # -- random number generators ---------------------------------------------------------------------

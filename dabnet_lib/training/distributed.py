@@ -27,6 +27,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..data.datasets import SegmentationDataset
 from ..errors import DabnetError
+from .metrics import ConfusionMatrix
+from .validation import evaluate
 
 
 @dataclass(frozen=True)
@@ -213,12 +215,9 @@ def overlap(a: SegmentationDataset, b: SegmentationDataset) -> bool:
 
 def evaluate_sharded(model: torch.nn.Module, dataset: SegmentationDataset, ctx: DistContext, device: torch.device,
                      **kw: Any) -> dict[str, Any]:
-    """:func:`~dabnet_lib.evaluation.evaluation.evaluate` of this rank's :class:`Shard`, the confusion matrices summed
+    """:func:`~dabnet_lib.training.validation.evaluate` of this rank's :class:`Shard`, the confusion matrices summed
     over ranks (``ConfusionMatrix.all_reduce``) and the metrics recomputed from the sum; ``kw`` goes to
     evaluate (scale, mean, std). Without DDP (or with fewer images than ranks) it evaluates everything."""
-    from ..evaluation.evaluation import evaluate
-    from .metrics import ConfusionMatrix
-
     shard = ctx.enabled and len(dataset) >= ctx.world_size
     res = evaluate(model, Shard(dataset, ctx.rank, ctx.world_size) if shard else dataset,  # type: ignore[arg-type]
                    device=device, batch_size=1, progress=False, **kw)

@@ -55,14 +55,16 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from .autotune import TrainingChoice, choose
 from ..atomic_files import write_bytes_atomic
-from ..model.checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_for_resume, restore_rng, save_checkpoint,
-                          write_metrics)
-from ..data.datasets import SegmentationDataset, build_dataset, get_info, statistics, subset
+from ..model.checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_for_resume, restore_rng,
+                                 save_checkpoint)
+from .curves import write_metrics
+from ..data.datasets import SegmentationDataset, build_dataset, get_info, subset
+from ..data.statistics import statistics
 from ..errors import CheckpointError, DabnetError, first_line
 from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
 from ..model.fast_ops import fast_ops_rule, use_fast_ops
 from .host_memory import plan_caches
-from ..evaluation.inference import resolve_device
+from ..devices import resolve_device
 from .losses import build_loss
 from ..machine import device_label
 from ..paths import default_data_root

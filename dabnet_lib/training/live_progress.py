@@ -4,7 +4,7 @@
 
 - a tqdm notebook bar (iterations, or seconds for a wall-time budget) with its elapsed time and ETA,
   and ``loss`` (mean of the steps since the last refresh), ``lr`` and ``img/s`` beside it;
-- one figure (:func:`dabnet_lib.workbook.visualize.plot_curves`: loss, learning rate, val mIoU against the
+- one figure (:func:`dabnet_lib.training.curves.plot_curves`: loss, learning rate, val mIoU against the
   iteration) redrawn at every epoch's end (and every ``plot_every`` iterations when given) by
   updating one display, never by adding a figure per refresh.
 
@@ -128,7 +128,7 @@ class LiveProgress(TrainingCallback):
 
     # -- the figure ---------------------------------------------------------------------------------
     def _draw(self) -> None:
-        from ..workbook.visualize import plot_curves
+        from .curves import plot_curves
 
         fig = plot_curves(self.points, x_key="iteration")
         png = figure_png(fig)

@@ -23,7 +23,7 @@ import torch
 
 from ..data.datasets import get_info
 from .training_events import Examples, IterationInfo, TrainingCallback, kept_loss
-from ..workbook.visualize import colorize
+from ..data.colors import colorize
 
 INSTALL_HINT = "TensorBoard logging is off: `pip install tensorboard` (or `make setup`) turns it on"
 _warned = False

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..evaluation.inference import class_argmax
+from .validation import class_argmax
 from ..data.transforms import EvalTransform
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..errors import DabnetError
 from ..training.metrics import ConfusionMatrix
-from .visualize import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay, to_png_bytes
+from ..data.colors import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay, to_png_bytes
 
 LAYERS = ("image", "ground truth", "prediction", "error")
 DIM = 0.3  # brightness kept by the pixels outside the highlighted class
