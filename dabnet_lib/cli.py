@@ -98,7 +98,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _tensorboard(out: str, recipe: "Recipe") -> list:  # noqa: F821
     """The TensorBoard callback for ``dabnet train`` (the install hint goes to stderr, from rank 0 only)."""
-    from .training.tensorboard_log import tensorboard_callbacks
+    from .workbook.tensorboard_log import tensorboard_callbacks
 
     def hint(msg: str) -> None:
         if os.environ.get("RANK", "0") == "0":

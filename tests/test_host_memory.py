@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import dabnet_lib.training.host_memory as host_memory
+import dabnet_lib.data.host_memory as host_memory
 from dabnet_lib.data.datasets import build_dataset, subset
 from dabnet_lib.training.engine import fit
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.training.host_memory import decoded_bytes, plan_caches
+from dabnet_lib.data.host_memory import decoded_bytes, plan_caches
 from dabnet_lib.training.recipes import get_recipe
 
 GB = 10**9

@@ -13,9 +13,9 @@ import torch
 from dabnet_lib.cli import main
 from dabnet_lib.data.datasets import CAMVID
 from dabnet_lib.training.engine import fit
-from dabnet_lib.training.live_progress import LIVE_PLOT_CLASS, LiveProgress
+from dabnet_lib.workbook.live_progress import LIVE_PLOT_CLASS, LiveProgress
 from dabnet_lib.training.recipes import get_recipe
-from dabnet_lib.training import tensorboard_log
+from dabnet_lib.workbook import tensorboard_log
 from dabnet_lib.training.training_events import TrainingEvents, close_callbacks
 
 

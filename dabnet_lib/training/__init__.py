@@ -1,7 +1,7 @@
 """training/: turning a recipe into a run folder (checkpoints, metrics.jsonl, curves.png).
 
 Holds recipes and profiles, the schedule, losses, the optimisation step, precision/layout choice
-(:mod:`.autotune`), the trainer (:mod:`.engine`) with its callbacks, ETA, host-memory plan and curves, DDP
+(:mod:`.autotune`), the trainer (:mod:`.engine`) with its callback events, ETA and curves, DDP
 (:mod:`.distributed`), and the validation it runs: the confusion matrix (:mod:`.metrics`) and the loop that
 scores a model on a split (:mod:`.validation`), which evaluation/ reuses.
 

@@ -6,7 +6,7 @@ and on interruption), ``best.pt`` (best val mIoU; never when the training split 
 images), ``epoch_XXXX.pt`` every ``save_every`` epochs, ``summary.json`` at the end.
 
 Throughput: the training split is decoded once into RAM when it fits ``cache_ram_fraction`` of the free
-host memory (else per access in the loader, :mod:`dabnet_lib.training.host_memory`), augmented in-process
+host memory (else per access in the loader, :mod:`dabnet_lib.data.host_memory`), augmented in-process
 (``num_workers=0``) or by forked persistent workers, fed channels_last (NCHW where bf16 channels_last gradients are wrong,
 see :mod:`dabnet_lib.training.step`); a step with a non-finite loss or gradient is skipped and counted
 (``skipped_steps``), 20 in a row stop the run; ``threads="auto"`` re-chooses the CPU thread
@@ -63,7 +63,7 @@ from ..data.statistics import statistics
 from ..errors import CheckpointError, DabnetError, first_line
 from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
 from ..model.fast_ops import fast_ops_rule, use_fast_ops
-from .host_memory import plan_caches
+from ..data.host_memory import plan_caches
 from ..devices import resolve_device
 from .losses import build_loss
 from ..machine import device_label

@@ -53,7 +53,7 @@ class Recipe:
     / never). minutes: wall-clock budget of the training loop (None = epochs only).
     cache_ram_fraction: share (0..1) of the host memory available at start that the decode-once caches of
     the training and validation splits may use, all local DDP ranks together; a split that does not fit is
-    decoded per access in the loader (same results; see :mod:`dabnet_lib.training.host_memory`). 0 = never cache.
+    decoded per access in the loader (same results; see :mod:`dabnet_lib.data.host_memory`). 0 = never cache.
     """
 
     dataset: str = "camvid"

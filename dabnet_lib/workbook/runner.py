@@ -10,7 +10,7 @@ Parameters are checked against the notebook's ``parameters`` cell before anythin
 name, or a value whose type differs from the cell's default (or its annotation, e.g.
 ``variants = "all"  # type: str|list``), stops with one line naming it, the closest valid name and the
 full list (exit 2). Executed copies get ``live=False`` where the notebook has that parameter (no
-progress widgets or live figures in a saved copy; see :mod:`dabnet_lib.training.live_progress`).
+progress widgets or live figures in a saved copy; see :mod:`dabnet_lib.workbook.live_progress`).
 """
 
 from __future__ import annotations

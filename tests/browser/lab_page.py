@@ -77,7 +77,7 @@ class LiveTrainingDriver:
     """The live training view of notebook 03: tqdm's notebook bar and the figure updated in place."""
 
     BAR = ".jp-OutputArea-output .widget-hprogress"
-    PLOT = "img.dabnet-live-plot"  # dabnet_lib.training.live_progress.LIVE_PLOT_CLASS
+    PLOT = "img.dabnet-live-plot"  # dabnet_lib.workbook.live_progress.LIVE_PLOT_CLASS
 
     def __init__(self, page: Any) -> None:
         self.page = page

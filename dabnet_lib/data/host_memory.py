@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..data.datasets import SegmentationDataset
+from .datasets import SegmentationDataset
 
 #: Files whose header is read to estimate a split's decoded size (evenly spread, the largest counts).
 SIZE_PROBES = 8

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import get_info
-from .training_events import Examples, IterationInfo, TrainingCallback, kept_loss
+from ..training.training_events import Examples, IterationInfo, TrainingCallback, kept_loss
 from ..data.colors import colorize
 
 INSTALL_HINT = "TensorBoard logging is off: `pip install tensorboard` (or `make setup`) turns it on"

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .training_events import IterationInfo, TrainingCallback, kept_loss
+from ..training.training_events import IterationInfo, TrainingCallback, kept_loss
 
 LIVE_PLOT_CLASS = "dabnet-live-plot"  # DOM class of the live figure (the browser test finds it by it)
 
@@ -128,7 +128,7 @@ class LiveProgress(TrainingCallback):
 
     # -- the figure ---------------------------------------------------------------------------------
     def _draw(self) -> None:
-        from .curves import plot_curves
+        from ..training.curves import plot_curves
 
         fig = plot_curves(self.points, x_key="iteration")
         png = figure_png(fig)
@@ -173,7 +173,7 @@ def _ipython_display(bundle: Mapping[str, Any], **kwargs: Any) -> Any:
 def notebook_callbacks(live: bool, out_dir: str | Path, recipe: Any) -> list[Any]:
     """What notebook 03 passes to ``fit(callbacks=...)``: the :class:`LiveProgress` view (``live``:
     JupyterLab; False in executed copies) and TensorBoard event files in ``out_dir`` when the package
-    is installed (:func:`dabnet_lib.training.tensorboard_log.tensorboard_callbacks`)."""
+    is installed (:func:`dabnet_lib.workbook.tensorboard_log.tensorboard_callbacks`)."""
     from .tensorboard_log import tensorboard_callbacks
 
     return [LiveProgress(live=live), *tensorboard_callbacks(out_dir, recipe.to_dict())]
