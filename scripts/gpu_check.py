@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a machine with an "
               "NVIDIA GPU and the CUDA build of torch 2.13.0", file=sys.stderr)
         return 2
-    from dabnet_lib.model.checkpoints import write_bytes_atomic
+    from dabnet_lib.atomic_files import write_bytes_atomic
 
     data, out = Path(args.data_root), Path(args.out)
     if not (data / "train").is_dir():
