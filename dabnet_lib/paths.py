@@ -17,10 +17,10 @@ REPO_ROOT = PACKAGE_DIR.parent
 DEFAULT_DATA_DIR = Path("data")
 #: Numbered notebooks, committed without outputs.
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: What ``make run-all`` writes: tables, figures, executed notebooks.
-REPORTS_DIR = REPO_ROOT / "reports"
-#: Training runs of the workbook (git-ignored).
-RUNS_DIR = REPO_ROOT / "runs"
+#: Below a repository root: what ``make run-all`` writes (tables, figures, executed notebooks), and the
+#: workbook's training runs (git-ignored).
+REPORTS = Path("reports")
+RUNS = Path("runs")
 
 
 def default_data_root(dataset: str) -> Path:

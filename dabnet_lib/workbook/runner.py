@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import DabnetError
-from ..paths import NOTEBOOK_DIR, REPO_ROOT, default_data_root
+from ..paths import NOTEBOOK_DIR, REPO_ROOT, REPORTS, RUNS, default_data_root
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_data_exploration",
@@ -47,10 +47,10 @@ class Layout:
     @classmethod
     def for_profile(cls, profile: str, dataset: str, root: Path = REPO_ROOT) -> "Layout":
         if profile == "smoke":
-            return cls(root / "runs" / "smoke" / dataset / "reports", root / "runs" / "smoke" / dataset)
+            return cls(root / RUNS / "smoke" / dataset / REPORTS, root / RUNS / "smoke" / dataset)
         if profile == "cpu" and dataset == "camvid":
-            return cls(root / "reports", root / "runs" / "cpu" / dataset)
-        return cls(root / "reports" / f"{dataset}_{profile}", root / "runs" / profile / dataset)
+            return cls(root / REPORTS, root / RUNS / "cpu" / dataset)
+        return cls(root / REPORTS / f"{dataset}_{profile}", root / RUNS / profile / dataset)
 
 
 TRAIN_SUBDIR = "train"  # notebook 03 trains into <run_dir>/train
