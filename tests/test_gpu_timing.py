@@ -87,7 +87,8 @@ def test_require_cuda_names_the_command() -> None:
 
 
 def test_provenance_names_the_device_that_ran(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dabnet_lib.reports import cpu_name, provenance
+    from dabnet_lib.machine import cpu_name
+    from dabnet_lib.reports import provenance
 
     assert cpu_name() in provenance("cpu", "1 min", "cmd", device="cpu")["hardware"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
