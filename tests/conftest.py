@@ -4,8 +4,8 @@ checkpoint fixture. Missing inputs fail loudly (never skip): CI always has ../sh
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # The suite is CPU-only (exact resume is a CPU guarantee, the DDP test runs gloo): hide any GPU from it and
 # from the processes it starts, before torch initialises CUDA. `make gpu-check` sets DABNET_GPU_TESTS=1 and
@@ -14,6 +14,7 @@ GPU_TESTS = os.environ.get("DABNET_GPU_TESTS") == "1"
 if not GPU_TESTS:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+# E402 on purpose: torch must be imported after CUDA_VISIBLE_DEVICES is set above.
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -56,7 +57,7 @@ def cityscapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_cityscapes(tmp_path_factory.mktemp("cityscapes"))
 
 
-@pytest.fixture()
+@pytest.fixture
 def one_thread() -> Iterator[None]:
     """Small tensors: one thread (two threads collapse when another process holds a core)."""
     before = torch.get_num_threads()

@@ -11,14 +11,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dabnet_lib.workbook import ablations as A
-from dabnet_lib.workbook.ablation_stats import paired_table, seeds_to_resolve, t_interval, verdict
-from dabnet_lib.workbook.ablation_sweep import Sweep, build_tables, missing_note, plan, run_sweep
-from dabnet_lib.workbook.ablation_units import (Unit, parse_shard, plan_units, read_unit, read_units, shard_units, unit_path,
-                                       write_unit)
 from dabnet_lib.cli import main
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.training.schedule import lr_factor
+from dabnet_lib.workbook import ablations as A
+from dabnet_lib.workbook.ablation_stats import paired_table, seeds_to_resolve, t_interval, verdict
+from dabnet_lib.workbook.ablation_sweep import Sweep, build_tables, missing_note, plan, run_sweep
+from dabnet_lib.workbook.ablation_units import (
+    Unit,
+    parse_shard,
+    plan_units,
+    read_unit,
+    read_units,
+    shard_units,
+    unit_path,
+    write_unit,
+)
 
 
 def test_ablation_recipe_anneals_to_zero_on_held_out_val() -> None:
@@ -41,14 +49,23 @@ def test_unknown_variant_is_named() -> None:
 
 def test_plan_pairs_seeds_and_shards_partition_it() -> None:
     units = plan_units(["paper", "local_only", "kernel_5"], [0, 1, 2], [300])
-    assert len(units) == 9 and units[:3] == [Unit("paper", 0, 300), Unit("local_only", 0, 300), Unit("kernel_5", 0, 300)]
+    assert len(units) == 9 and units[:3] == [
+        Unit("paper", 0, 300),
+        Unit("local_only", 0, 300),
+        Unit("kernel_5", 0, 300),
+    ]
     for n in (1, 2, 4):
         shards = [shard_units(units, i, n) for i in range(1, n + 1)]
         assert sorted(u for s in shards for u in s) == sorted(units)
         assert sum(len(s) for s in shards) == len(units)
     assert parse_shard("2/3") == (2, 3)
-    for bad, msg in (("3/2", "1 <= i <= n"), ("0/2", "1 <= i <= n"), ("1/0", "1 <= i <= n"), ("a/b", "expected i/n"),
-                     ("2", "expected i/n")):
+    for bad, msg in (
+        ("3/2", "1 <= i <= n"),
+        ("0/2", "1 <= i <= n"),
+        ("1/0", "1 <= i <= n"),
+        ("a/b", "expected i/n"),
+        ("2", "expected i/n"),
+    ):
         with pytest.raises(DabnetError, match=msg):
             parse_shard(bad)
 
@@ -68,11 +85,13 @@ def test_t_interval_and_verdicts() -> None:
 
 
 def test_paired_table_pairs_on_common_seeds() -> None:
-    runs = pd.DataFrame({
-        "variant": ["paper"] * 3 + ["worse_one"] * 3 + ["noisy"] * 2,
-        "seed": [0, 1, 2, 0, 1, 2, 0, 2],
-        "val_miou": [50.0, 54.0, 52.0, 47.0, 51.2, 48.8, 51.0, 51.0],
-    })
+    runs = pd.DataFrame(
+        {
+            "variant": ["paper"] * 3 + ["worse_one"] * 3 + ["noisy"] * 2,
+            "seed": [0, 1, 2, 0, 1, 2, 0, 2],
+            "val_miou": [50.0, 54.0, 52.0, 47.0, 51.2, 48.8, 51.0, 51.0],
+        }
+    )
     t = paired_table(runs, "paper").set_index("variant")
     assert t.loc["paper", "verdict"] == "reference" and t.loc["paper", "val_miou"] == 52.0
     # paired deltas -3.0, -2.8, -3.2 resolve although the seeds themselves spread by 4 points
@@ -82,13 +101,23 @@ def test_paired_table_pairs_on_common_seeds() -> None:
 
 
 def _record(unit: Unit, miou: float, **changes: object) -> dict:
-    sweep = Sweep("camvid", "smoke", Path("."), Path("."), Path("."))
+    sweep = Sweep("camvid", "smoke", Path(), Path(), Path())
     from dabnet_lib.workbook.ablation_units import recipe_fingerprint, training_code_digest
 
     r = sweep.recipe(unit)
-    rec = {"variant": unit.variant, "seed": unit.seed, "iters": unit.iters, "val_miou": miou, "train_minutes": 0.1,
-           "hardware": "test", "commit": "abc1234", "model_config": r.model_config,
-           "recipe": r.to_dict(), "recipe_fingerprint": recipe_fingerprint(r.to_dict()), "code": training_code_digest()}
+    rec = {
+        "variant": unit.variant,
+        "seed": unit.seed,
+        "iters": unit.iters,
+        "val_miou": miou,
+        "train_minutes": 0.1,
+        "hardware": "test",
+        "commit": "abc1234",
+        "model_config": r.model_config,
+        "recipe": r.to_dict(),
+        "recipe_fingerprint": recipe_fingerprint(r.to_dict()),
+        "code": training_code_digest(),
+    }
     rec.update(changes)
     return rec
 
@@ -111,17 +140,20 @@ def test_unit_files_round_trip_and_bad_files_are_named(tmp_path: Path) -> None:
 
 
 def test_foreign_units_are_kept_but_flagged(tmp_path: Path) -> None:
-    sweep = Sweep("camvid", "smoke", Path("."), tmp_path, tmp_path / "runs")
+    sweep = Sweep("camvid", "smoke", Path(), tmp_path, tmp_path / "runs")
     units = plan_units(["paper", "local_only"], [0, 1], [4])
-    for u, miou in zip(units, (40.0, 38.0, 42.0, 39.0)):
+    for u, miou in zip(units, (40.0, 38.0, 42.0, 39.0), strict=True):
         write_unit(tmp_path, _record(u, miou))
     write_unit(tmp_path, _record(Unit("local_only", 2, 4), 10.0, model_config={"branches": "dilated"}))
     other = {**sweep.recipe(Unit("paper", 2, 4)).to_dict(), "lr": 0.5}
     write_unit(tmp_path, _record(Unit("paper", 2, 4), 10.0, recipe=other))
     write_unit(tmp_path, _record(Unit("kernel_5", 0, 4), 10.0, code="ffffffffffff", commit="0123abc"))
-    tables = build_tables(sweep, units + [Unit("kernel_5", 0, 4)], 4)
-    assert tables.flagged == {"local_only__seed2__it4": ["other model config"], "paper__seed2__it4": ["other recipe"],
-                              "kernel_5__seed0__it4": ["other training code (commit 0123abc)"]}
+    tables = build_tables(sweep, [*units, Unit("kernel_5", 0, 4)], 4)
+    assert tables.flagged == {
+        "local_only__seed2__it4": ["other model config"],
+        "paper__seed2__it4": ["other recipe"],
+        "kernel_5__seed0__it4": ["other training code (commit 0123abc)"],
+    }
     t = tables.table.set_index("variant")
     assert list(t.index) == ["paper", "local_only"] and t.loc["local_only", "n_paired"] == 2  # flagged left out
     assert t.loc["local_only", "delta"] == pytest.approx(-2.5)
@@ -137,14 +169,16 @@ def test_the_current_training_code_is_declared_in_a_group() -> None:
     assert any(digest in group for group in EQUIVALENT_TRAINING_CODE), (
         f"training code digest {digest} is new: if this change keeps training numerics (refactor, docstring, message), "
         "add it to the group of the previous digest in ablation_units.EQUIVALENT_TRAINING_CODE; if it changes them, "
-        "add a new group (the committed ablation units then show as 'other training code' until re-trained)")
+        "add a new group (the committed ablation units then show as 'other training code' until re-trained)"
+    )
 
 
 def test_equivalent_code_and_recipe_fields_added_later_keep_units_comparable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dabnet_lib.workbook.ablation_units as U
 
-    sweep = Sweep("camvid", "smoke", Path("."), tmp_path, tmp_path / "runs")
+    sweep = Sweep("camvid", "smoke", Path(), tmp_path, tmp_path / "runs")
     unit = Unit("paper", 0, 4)
     config = A.VARIANTS["paper"][0].to_dict()
     rec = _record(unit, 40.0, code="aaaaaaaaaaaa")
@@ -157,7 +191,7 @@ def test_equivalent_code_and_recipe_fields_added_later_keep_units_comparable(
     assert U.unit_flags({**rec, "recipe": changed}, config, sweep.fingerprint(), "bbbbbbbbbbbb") == ["other recipe"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def smoke_sweep(tmp_path: Path, camvid_root: Path) -> Sweep:
     return Sweep("camvid", "smoke", camvid_root, tmp_path / "units", tmp_path / "runs")
 
@@ -187,9 +221,29 @@ def test_sweep_trains_each_unit_once_and_records_it(smoke_sweep: Sweep) -> None:
 
 
 def _cli(tmp_path: Path, camvid_root: Path, name: str, *extra: str) -> int:
-    return main(["ablations", "--profile", "smoke", "--data-root", str(camvid_root), "--variants", "paper,local_only",
-                 "--seeds", "0,1", "--iters", "2", "--units-dir", str(tmp_path / name / "units"), "--quiet",
-                 "--runs-dir", str(tmp_path / name / "runs"), "--reports-dir", str(tmp_path / name), *extra])
+    return main(
+        [
+            "ablations",
+            "--profile",
+            "smoke",
+            "--data-root",
+            str(camvid_root),
+            "--variants",
+            "paper,local_only",
+            "--seeds",
+            "0,1",
+            "--iters",
+            "2",
+            "--units-dir",
+            str(tmp_path / name / "units"),
+            "--quiet",
+            "--runs-dir",
+            str(tmp_path / name / "runs"),
+            "--reports-dir",
+            str(tmp_path / name),
+            *extra,
+        ]
+    )
 
 
 def test_two_shards_make_the_table_of_one_run(tmp_path: Path, camvid_root: Path) -> None:
@@ -207,23 +261,44 @@ def test_two_shards_make_the_table_of_one_run(tmp_path: Path, camvid_root: Path)
     assert "paired over seeds 0, 1" in md and "95% interval" in md
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--shard", "3/2"], "--shard 3/2: shard i of n needs 1 <= i <= n"),
-    (["--variants", "paper,no_such"], "unknown ablation variant(s) 'no_such'"),
-    (["--threads", "0"], "--threads 0"),
-])
-def test_bad_arguments_give_one_line_and_write_nothing(tmp_path: Path, camvid_root: Path, capsys: pytest.CaptureFixture,
-                                                       args: list[str], message: str) -> None:
-    assert main(["ablations", "--profile", "smoke", "--data-root", str(camvid_root), "--units-dir",
-                 str(tmp_path / "u"), "--runs-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "rep"),
-                 *args]) == 2
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shard", "3/2"], "--shard 3/2: shard i of n needs 1 <= i <= n"),
+        (["--variants", "paper,no_such"], "unknown ablation variant(s) 'no_such'"),
+        (["--threads", "0"], "--threads 0"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_write_nothing(
+    tmp_path: Path, camvid_root: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    assert (
+        main(
+            [
+                "ablations",
+                "--profile",
+                "smoke",
+                "--data-root",
+                str(camvid_root),
+                "--units-dir",
+                str(tmp_path / "u"),
+                "--runs-dir",
+                str(tmp_path / "r"),
+                "--reports-dir",
+                str(tmp_path / "rep"),
+                *args,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not any(tmp_path.iterdir())
 
 
-def test_corrupt_unit_file_stops_the_sweep_with_its_name(tmp_path: Path, camvid_root: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_corrupt_unit_file_stops_the_sweep_with_its_name(
+    tmp_path: Path, camvid_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     units = tmp_path / "bad" / "units"
     units.mkdir(parents=True)
     (units / "paper__seed0__it2.json").write_text("not json")
@@ -233,8 +308,9 @@ def test_corrupt_unit_file_stops_the_sweep_with_its_name(tmp_path: Path, camvid_
     assert not (tmp_path / "bad" / "runs").exists() and not (tmp_path / "bad" / "ablations.md").exists()
 
 
-def test_ray_missing_is_one_clear_error(tmp_path: Path, camvid_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_ray_missing_is_one_clear_error(
+    tmp_path: Path, camvid_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as when it is not installed
     assert _cli(tmp_path, camvid_root, "noray", "--backend", "ray") == 2
     err = capsys.readouterr().err
@@ -245,8 +321,14 @@ def test_ray_missing_is_one_clear_error(tmp_path: Path, camvid_root: Path, monke
 @pytest.mark.slow
 def test_ray_backend_runs_units_on_a_local_instance(smoke_sweep: Sweep) -> None:
     units, _ = plan(smoke_sweep, ["paper"], [0, 1], budget=2)
-    smoke_sweep = Sweep(smoke_sweep.dataset, smoke_sweep.profile, smoke_sweep.data_root, smoke_sweep.units_dir,
-                        smoke_sweep.runs_dir, {"threads": 1})
+    smoke_sweep = Sweep(
+        smoke_sweep.dataset,
+        smoke_sweep.profile,
+        smoke_sweep.data_root,
+        smoke_sweep.units_dir,
+        smoke_sweep.runs_dir,
+        {"threads": 1},
+    )
     handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     trained = run_sweep(smoke_sweep, units, backend="ray", log=lambda _m: None)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # Ray's are gone

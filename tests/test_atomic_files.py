@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dabnet_lib.atomic_files import WriteError, write_atomic, write_bytes_atomic, write_text_atomic
-from dabnet_lib.model.checkpoints import save_checkpoint
 from dabnet_lib.errors import CheckpointError, DabnetError
+from dabnet_lib.model.checkpoints import save_checkpoint
 
 
 def test_write_creates_folders_and_replaces_content(tmp_path: Path) -> None:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
 
-from dabnet_lib.training import autotune
-from dabnet_lib.training.autotune import Candidate, StepTimer, TrainingChoice, candidate_space, choose, measure, pick
 from dabnet_lib.machine import has_bf16_units
 from dabnet_lib.model.dabnet import DABNetConfig
+from dabnet_lib.training import autotune
+from dabnet_lib.training.autotune import Candidate, StepTimer, TrainingChoice, candidate_space, choose, measure, pick
 from dabnet_lib.training.recipes import get_recipe
 
 CPU = torch.device("cpu")
@@ -41,20 +40,36 @@ class FakeTimer:
 
 
 @pytest.fixture(autouse=True)
-def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DABNET_CACHE_DIR", str(tmp_path / "cache"))
-    yield tmp_path / "cache" / "autotune.json"
+    return tmp_path / "cache" / "autotune.json"
 
 
-def _choose(timer: FakeTimer, amp: str = "auto", cl: bool | str = "auto", comp: bool | str = "auto",
-            units: bool = True, probe=GOOD_PROBE, crop=(180, 240), **kw) -> TrainingChoice:
-    return choose(amp, cl, comp, CPU, 11, DABNetConfig(), crop, 8, 2, timer=timer, bf16_units=units,
-                  grad_error=probe, **kw)
+def _choose(
+    timer: FakeTimer,
+    amp: str = "auto",
+    cl: bool | str = "auto",
+    comp: bool | str = "auto",
+    units: bool = True,
+    probe=GOOD_PROBE,
+    crop=(180, 240),
+    **kw,
+) -> TrainingChoice:
+    return choose(
+        amp, cl, comp, CPU, 11, DABNetConfig(), crop, 8, 2, timer=timer, bf16_units=units, grad_error=probe, **kw
+    )
 
 
-ALL = {"fp32 NCHW eager": 8.0, "fp32 channels_last eager": 8.3, "bf16 NCHW eager": 9.0,
-       "bf16 channels_last eager": 12.0, "fp32 NCHW compiled": 7.0, "fp32 channels_last compiled": 8.1,
-       "bf16 NCHW compiled": 20.0, "bf16 channels_last compiled": 25.0}
+ALL = {
+    "fp32 NCHW eager": 8.0,
+    "fp32 channels_last eager": 8.3,
+    "bf16 NCHW eager": 9.0,
+    "bf16 channels_last eager": 12.0,
+    "fp32 NCHW compiled": 7.0,
+    "fp32 channels_last compiled": 8.1,
+    "bf16 NCHW compiled": 20.0,
+    "bf16 channels_last compiled": 25.0,
+}
 
 
 def test_fastest_correct_candidate_wins() -> None:
@@ -130,18 +145,21 @@ def test_a_candidate_that_fails_to_build_is_reported_not_chosen() -> None:
     timer = FakeTimer(ALL, fail=("bf16 channels_last compiled",))
     choice = _choose(timer)
     failed = next(r for r in choice.rows if r["label"] == "bf16 channels_last compiled")
-    assert failed["status"] == "failed" and "RuntimeError: inductor: no C++ compiler" == failed["reason"]
+    assert failed["status"] == "failed" and failed["reason"] == "RuntimeError: inductor: no C++ compiler"
     assert choice.candidate.label == "bf16 NCHW compiled"
 
 
 def test_pick_ignores_rows_that_are_not_ok() -> None:
-    rows = [{"amp": "off", "channels_last": False, "compile": False, "status": "refused", "images_per_s": 99.0},
-            {"amp": "bf16", "channels_last": False, "compile": False, "status": "ok", "images_per_s": 5.0}]
+    rows = [
+        {"amp": "off", "channels_last": False, "compile": False, "status": "refused", "images_per_s": 99.0},
+        {"amp": "bf16", "channels_last": False, "compile": False, "status": "ok", "images_per_s": 5.0},
+    ]
     assert pick(rows) == Candidate("bf16", False, False)
     assert pick(rows[:1]) is None
 
 
 # -- cache ---------------------------------------------------------------------------------------------
+
 
 def test_cache_hit_reuses_the_choice_without_timing(cache_in_tmp: Path) -> None:
     first = _choose(FakeTimer(ALL))
@@ -193,9 +211,11 @@ def test_unwritable_cache_only_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 # -- CUDA rule, profiles, real timing, the engine --------------------------------------------------------
 
-@pytest.mark.parametrize("capability, amp", [((7, 5), "fp16"), ((8, 0), "bf16")])
-def test_cuda_auto_amp_needs_native_bf16(capability: tuple[int, int], amp: str,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize(("capability", "amp"), [((7, 5), "fp16"), ((8, 0), "bf16")])
+def test_cuda_auto_amp_needs_native_bf16(
+    capability: tuple[int, int], amp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _d=None: capability)
     choice = choose("auto", "auto", "auto", torch.device("cuda", 0), 19, DABNetConfig(), (512, 1024), 8, 1)
     assert (choice.amp, choice.channels_last, choice.compile, choice.source) == (amp, True, False, "cuda")
@@ -229,11 +249,14 @@ def test_real_step_timer_times_eager_candidates(one_thread: None) -> None:
     assert timer.steps[cands[0]] == autotune.ROUNDS * autotune.STEPS_PER_ROUND
 
 
-def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_records_and_resume_keeps_the_choice(
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dabnet_lib.training.engine import fit
 
-    picked = TrainingChoice("off", True, False, "measured", (autotune._row(Candidate("off", True, False), "ok", 5.0),), 1.5)
+    picked = TrainingChoice(
+        "off", True, False, "measured", (autotune._row(Candidate("off", True, False), "ok", 5.0),), 1.5
+    )
     calls = []
 
     def fake_choose(*args, **kwargs):
@@ -256,9 +279,10 @@ def test_engine_records_and_resume_keeps_the_choice(camvid_root: Path, tmp_path:
     assert len(calls) == 2  # an explicit value in the recipe wins over the checkpoint's choice: chosen anew
 
 
-@pytest.mark.parametrize("fast_ops, expected", [("auto", True), (False, False)])
-def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(fast_ops: object, expected: bool, camvid_root: Path,
-                                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fast_ops", "expected"), [("auto", True), (False, False)])
+def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(
+    fast_ops: object, expected: bool, camvid_root: Path, tmp_path: Path
+) -> None:
     from dabnet_lib.training.engine import fit
 
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, fast_ops=fast_ops)
@@ -267,11 +291,14 @@ def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(fast_ops: object,
     assert ("fast CPU ops" in "\n".join(autotune.choice_lines(summary["training_choice"]))) is expected
 
 
-@pytest.mark.parametrize("flags, text", [
-    ({"avx2", "avx512f", "amx_bf16", "avx512_bf16"}, "AVX-512, AMX-BF16"),
-    ({"avx2", "fma"}, "AVX2, no bf16 units"),
-    ({"avx2", "avx512f", "avx512_bf16"}, "AVX-512, AVX512-BF16"),
-])
+@pytest.mark.parametrize(
+    ("flags", "text"),
+    [
+        ({"avx2", "avx512f", "amx_bf16", "avx512_bf16"}, "AVX-512, AMX-BF16"),
+        ({"avx2", "fma"}, "AVX2, no bf16 units"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "AVX-512, AVX512-BF16"),
+    ],
+)
 def test_measured_numbers_name_the_cpu_units(flags: set[str], text: str) -> None:
     from dabnet_lib.machine import isa_summary
 

@@ -25,19 +25,55 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = DABNet(11)
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    torch.save({"model": model.state_dict(), "num_classes": 11, "model_config": model.config.to_dict(),
-                "dataset": "camvid", "mean": list(CAMVID.official_mean), "std": None, "epoch": 4,
-                "iteration": 40, "optimizer": {}, "scheduler": {}, "scaler": None, "rng": {},
-                "recipe": {}, "metrics": []}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "num_classes": 11,
+            "model_config": model.config.to_dict(),
+            "dataset": "camvid",
+            "mean": list(CAMVID.official_mean),
+            "std": None,
+            "epoch": 4,
+            "iteration": 40,
+            "optimizer": {},
+            "scheduler": {},
+            "scaler": None,
+            "rng": {},
+            "recipe": {},
+            "metrics": [],
+        },
+        path,
+    )
     return path
 
 
 def test_test_json_prints_one_object(checkpoint: Path, camvid_root: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "res" / "eval.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "dabnet_lib.cli", "test", "--checkpoint", str(checkpoint), "--data-root",
-         str(camvid_root), "--limit", "2", "--scale", "0.5", "--device", "cpu", "--json", "--out", str(out_file)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "dabnet_lib.cli",
+            "test",
+            "--checkpoint",
+            str(checkpoint),
+            "--data-root",
+            str(camvid_root),
+            "--limit",
+            "2",
+            "--scale",
+            "0.5",
+            "--device",
+            "cpu",
+            "--json",
+            "--out",
+            str(out_file),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)  # the whole of stdout is one JSON object
     assert isinstance(payload, dict)
@@ -51,18 +87,35 @@ def test_test_json_prints_one_object(checkpoint: Path, camvid_root: Path, tmp_pa
 
 
 def test_test_text_report(checkpoint: Path, camvid_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["test", "--checkpoint", str(checkpoint), "--data-root", str(camvid_root), "--limit", "1",
-                 "--scale", "0.5", "--device", "cpu", "--quiet"])
+    code = main(
+        [
+            "test",
+            "--checkpoint",
+            str(checkpoint),
+            "--data-root",
+            str(camvid_root),
+            "--limit",
+            "1",
+            "--scale",
+            "0.5",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for text in ("Sky", "Bicyclist", "mIoU", "official mIoU", "pixel accuracy", "metric updates"):
         assert text in out
 
 
-@pytest.mark.parametrize("command,flags", [
-    ("test", ("--checkpoint", "--best-of-last", "--json", "--scale", "--batch-size", "--split")),
-    ("predict", ("--checkpoint", "--input", "--split", "--out", "--cityscapes-submission")),
-])
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("test", ("--checkpoint", "--best-of-last", "--json", "--scale", "--batch-size", "--split")),
+        ("predict", ("--checkpoint", "--input", "--split", "--out", "--cityscapes-submission")),
+    ],
+)
 def test_help(command: str, flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([command, "-h"])
@@ -82,8 +135,9 @@ def _fails_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str], *n
         assert needle in lines[0]
 
 
-def test_bad_checkpoints_exit_2(checkpoint: Path, camvid_root: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_checkpoints_exit_2(
+    checkpoint: Path, camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = ["--data-root", str(camvid_root), "--device", "cpu", "--quiet"]
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[:5000])
@@ -95,35 +149,90 @@ def test_bad_checkpoints_exit_2(checkpoint: Path, camvid_root: Path, tmp_path: P
     wrong = tmp_path / "c19.pt"
     torch.save({"model": DABNet(19).state_dict(), "num_classes": 19, "dataset": "camvid"}, wrong)
     _fails_with_one_line(["test", "--checkpoint", str(wrong), *base], capsys, "c19.pt", "19 classes")
-    _fails_with_one_line(["test", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", *base], capsys,
-                         "11 classes")
-    _fails_with_one_line(["predict", "--checkpoint", str(truncated), "--input", str(tmp_path), "--out",
-                          str(tmp_path / "o")], capsys, "truncated.pt")
+    _fails_with_one_line(
+        ["test", "--checkpoint", str(checkpoint), "--dataset", "cityscapes", *base], capsys, "11 classes"
+    )
+    _fails_with_one_line(
+        ["predict", "--checkpoint", str(truncated), "--input", str(tmp_path), "--out", str(tmp_path / "o")],
+        capsys,
+        "truncated.pt",
+    )
 
 
 def test_missing_data_exit_2(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails_with_one_line(["test", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path / "nodata"),
-                          "--device", "cpu", "--quiet"], capsys, "nodata")
-    _fails_with_one_line(["test", "--checkpoint", str(tmp_path), "--best-of-last", "3", "--quiet"], capsys,
-                         "epoch_XXXX")
-    _fails_with_one_line(["predict", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "nothing"),
-                          "--out", str(tmp_path / "o"), "--quiet"], capsys, "nothing")
+    _fails_with_one_line(
+        [
+            "test",
+            "--checkpoint",
+            str(checkpoint),
+            "--data-root",
+            str(tmp_path / "nodata"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capsys,
+        "nodata",
+    )
+    _fails_with_one_line(
+        ["test", "--checkpoint", str(tmp_path), "--best-of-last", "3", "--quiet"], capsys, "epoch_XXXX"
+    )
+    _fails_with_one_line(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(tmp_path / "nothing"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capsys,
+        "nothing",
+    )
 
 
-def test_predict_folder_and_submission_guard(checkpoint: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_folder_and_submission_guard(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "in"
     src.mkdir()
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     cv2.imwrite(str(src / "x.jpg"), image)
     out = tmp_path / "out"
-    code = main(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--out", str(out),
-                 "--device", "cpu", "--quiet"])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(src),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0 and "wrote 1 label PNGs" in capsys.readouterr().out
     for kind in ("label", "color", "overlay"):
         assert cv2.imread(str(out / kind / "x.png"), cv2.IMREAD_UNCHANGED).shape[:2] == (48, 64)
-    _fails_with_one_line(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--out",
-                          str(tmp_path / "sub"), "--cityscapes-submission", "--quiet"], capsys, "Cityscapes")
+    _fails_with_one_line(
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(src),
+            "--out",
+            str(tmp_path / "sub"),
+            "--cityscapes-submission",
+            "--quiet",
+        ],
+        capsys,
+        "Cityscapes",
+    )
     with pytest.raises(SystemExit) as exc:  # --split and --input are exclusive
         main(["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--split", "test", "--out", "o"])
     assert exc.value.code == 2

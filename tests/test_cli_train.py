@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dabnet_lib.training.autotune import Candidate
-from dabnet_lib.deploy.bench import bench_train, format_bench
 from dabnet_lib.cli import main
 from dabnet_lib.data.datasets import CAMVID
+from dabnet_lib.deploy.bench import bench_train, format_bench
 from dabnet_lib.model.dabnet import build_from_checkpoint
+from dabnet_lib.training.autotune import Candidate
 
 
 @pytest.fixture(autouse=True)
@@ -19,14 +19,38 @@ def _stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("DABNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "stats_cache"))
 
 
-@pytest.mark.parametrize("command, flags", [
-    ("train", ["--dataset", "--profile", "--train-type", "--max-epochs", "--batch-size", "--lr", "--resume",
-               "--input-size", "--data-root", "--out", "--minutes", "--seed", "--device", "--num-workers", "--set",
-               "--sync-bn", "--quiet"]),
-    ("stats", ["--dataset", "--data-root", "--split"]),
-    ("bench-train", ["--iters", "--rounds", "--batch-size", "--input-size", "--amp", "--compile", "--sweep",
-                     "--channels-last"]),
-])
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        (
+            "train",
+            [
+                "--dataset",
+                "--profile",
+                "--train-type",
+                "--max-epochs",
+                "--batch-size",
+                "--lr",
+                "--resume",
+                "--input-size",
+                "--data-root",
+                "--out",
+                "--minutes",
+                "--seed",
+                "--device",
+                "--num-workers",
+                "--set",
+                "--sync-bn",
+                "--quiet",
+            ],
+        ),
+        ("stats", ["--dataset", "--data-root", "--split"]),
+        (
+            "bench-train",
+            ["--iters", "--rounds", "--batch-size", "--input-size", "--amp", "--compile", "--sweep", "--channels-last"],
+        ),
+    ],
+)
 def test_help(command: str, flags: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([command, "-h"])
@@ -35,25 +59,31 @@ def test_help(command: str, flags: list[str], capsys: pytest.CaptureFixture) -> 
     assert all(flag in text for flag in flags), [f for f in flags if f not in text]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--dataset", "kitti"], "invalid choice: 'kitti'"),
-    (["train", "--profile", "gpu"], "invalid choice: 'gpu'"),
-    (["train", "--input-size", "big"], "expected H,W"),
-    (["train", "--max-epochs", "ten"], "invalid int value"),
-    (["train", "--no-such-flag"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--dataset", "kitti"], "invalid choice: 'kitti'"),
+        (["train", "--profile", "gpu"], "invalid choice: 'gpu'"),
+        (["train", "--input-size", "big"], "expected H,W"),
+        (["train", "--max-epochs", "ten"], "invalid int value"),
+        (["train", "--no-such-flag"], "unrecognized arguments"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_message(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "learning_rate=1"], "unknown field(s) learning_rate; valid fields:"),
-    (["--set", "batch_size=0"], "recipe field 'batch_size': bad value 0"),
-    (["--lr", "-1"], "recipe field 'lr'"),
-    (["--set", "nonsense"], "field=value"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "learning_rate=1"], "unknown field(s) learning_rate; valid fields:"),
+        (["--set", "batch_size=0"], "recipe field 'batch_size': bad value 0"),
+        (["--lr", "-1"], "recipe field 'lr'"),
+        (["--set", "nonsense"], "field=value"),
+    ],
+)
 def test_bad_recipe_values(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--profile", "smoke", "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err
@@ -69,19 +99,31 @@ def test_missing_data_is_one_clear_message(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_train_smoke_then_resume_longer(camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    base = ["train", "--profile", "smoke", "--data-root", str(camvid_root), "--out", str(tmp_path), "--quiet",
-            "--input-size", "48,64", "--set", "save_every=0"]
-    assert main(base + ["--max-epochs", "1", "--lr", "2e-3", "--seed", "3"]) == 0
+    base = [
+        "train",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(camvid_root),
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--input-size",
+        "48,64",
+        "--set",
+        "save_every=0",
+    ]
+    assert main([*base, "--max-epochs", "1", "--lr", "2e-3", "--seed", "3"]) == 0
     recipe = json.loads((tmp_path / "recipe.json").read_text())["recipe"]
     assert (recipe["epochs"], recipe["lr"], recipe["seed"], recipe["crop_size"]) == (1, 2e-3, 3, [48, 64])
     model, ckpt = build_from_checkpoint(tmp_path / "best.pt")
     assert ckpt["epoch"] == 1 and model.num_classes == CAMVID.num_classes
-    assert main(base + ["--max-epochs", "2", "--lr", "2e-3", "--seed", "3", "--resume"]) == 0
+    assert main([*base, "--max-epochs", "2", "--lr", "2e-3", "--seed", "3", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     # resuming with another seed would not continue the same run: refused, naming the field
-    assert main(base + ["--max-epochs", "3", "--seed", "4", "--resume"]) == 2
+    assert main([*base, "--max-epochs", "3", "--seed", "4", "--resume"]) == 2
     assert "seed" in capsys.readouterr().err
 
 
@@ -97,8 +139,18 @@ def test_stats_prints_mean_std_and_weights(camvid_root: Path, capsys: pytest.Cap
 
 def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: Path) -> None:
     cands = [Candidate("off", True, False), Candidate("bf16", False, False)]
-    result = bench_train(camvid_root, cands, batch_size=2, input_size=(48, 64), iters=2, rounds=2, warmup=1,
-                         official_workers=0, max_images=6, status={cands[0]: "the choice"})
+    result = bench_train(
+        camvid_root,
+        cands,
+        batch_size=2,
+        input_size=(48, 64),
+        iters=2,
+        rounds=2,
+        warmup=1,
+        official_workers=0,
+        max_images=6,
+        status={cands[0]: "the choice"},
+    )
     assert [e["label"] for e in result["engines"]] == ["fp32 channels_last eager", "bf16 NCHW eager"]
     for loop in [result["official"], *result["engines"]]:
         assert loop["images"] == 8 and loop["images_per_s"] > 0 and len(loop["round_images_per_s"]) == 2
@@ -111,12 +163,23 @@ def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: P
 
 
 def test_bench_train_labels_a_refused_channels_last_candidate_by_the_layout_it_trained(
-        camvid_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    camvid_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dabnet_lib.training.step as step
+
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 1.7)  # the defect
     cands = [Candidate("bf16", True, False), Candidate("off", True, False)]
-    result = bench_train(camvid_root, cands, batch_size=2, input_size=(48, 64), iters=1, rounds=1, warmup=1,
-                         official_workers=0, max_images=4)
+    result = bench_train(
+        camvid_root,
+        cands,
+        batch_size=2,
+        input_size=(48, 64),
+        iters=1,
+        rounds=1,
+        warmup=1,
+        official_workers=0,
+        max_images=4,
+    )
     refused, fp32 = result["engines"]
     assert refused["label"] == "bf16 NCHW* eager" and refused["channels_last"] is False
     assert refused["requested_channels_last"] is True and "wrong bf16 channels_last gradients" in refused["layout_note"]

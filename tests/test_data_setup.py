@@ -62,11 +62,16 @@ def test_broken_source_lists_every_problem(camvid_root: Path, tmp_path: Path, ca
     assert main(["camvid", "--dest", str(dest), "--source", str(source)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: camvid at ") and "Traceback" not in err
-    for expected in (f"train: 1 image(s) without a label in {source / 'trainannot'}: {labels[0].name}",
-                     "train: found 367 images", f"label {labels[1]} is 240x180",
-                     f"val: 1 label(s) without an image in {source / 'val'}: {val_image.name}",
-                     f"cannot read image {source / 'val' / 'junk.png'}", f"cannot read label {source / 'valannot' / 'junk.png'}",
-                     f"missing folder(s) {source / 'testannot'}", "make data"):
+    for expected in (
+        f"train: 1 image(s) without a label in {source / 'trainannot'}: {labels[0].name}",
+        "train: found 367 images",
+        f"label {labels[1]} is 240x180",
+        f"val: 1 label(s) without an image in {source / 'val'}: {val_image.name}",
+        f"cannot read image {source / 'val' / 'junk.png'}",
+        f"cannot read label {source / 'valannot' / 'junk.png'}",
+        f"missing folder(s) {source / 'testannot'}",
+        "make data",
+    ):
         assert expected in err, expected
     assert not dest.exists() and not dest.is_symlink()  # nothing placed before the source validates
 
@@ -74,15 +79,30 @@ def test_broken_source_lists_every_problem(camvid_root: Path, tmp_path: Path, ca
 def test_command_line_exit_code_without_traceback(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run([sys.executable, "-m", "dabnet_lib.data.data_setup", "camvid", "--dest", str(tmp_path / "d"),
-                             "--source", str(empty)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dabnet_lib.data.data_setup",
+            "camvid",
+            "--dest",
+            str(tmp_path / "d"),
+            "--source",
+            str(empty),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: camvid at ") and "Traceback" not in result.stderr
     assert f"missing folder(s) {empty / 'train'}, {empty / 'trainannot'}" in result.stderr
 
 
-def test_copy_and_full_validation(camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture) -> None:
+def test_copy_and_full_validation(
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setattr(data_setup, "CAMVID_SPLIT_SIZES", {"train": 2, "val": 1, "test": 1})
     source = camvid_view(camvid_root, tmp_path / "source", per_split=2)
     for extra in ("val", "valannot", "test", "testannot"):
@@ -103,8 +123,9 @@ def test_copy_and_full_validation(camvid_root: Path, tmp_path: Path, monkeypatch
     assert f"label {label} holds invalid values 99" in capsys.readouterr().err
 
 
-def test_clone_path_and_bad_destinations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture) -> None:
+def test_clone_path_and_bad_destinations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setattr(data_setup.shutil, "which", lambda _name: None)  # no git: never touches the network
     assert main(["camvid", "--dest", str(tmp_path / "camvid")]) == 2
     assert "git is not installed" in capsys.readouterr().err

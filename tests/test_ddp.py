@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from dabnet_lib.training.distributed import weights_digest
 from dabnet_lib.evaluation.evaluation import evaluate_checkpoint
 from dabnet_lib.model.dabnet import build_from_checkpoint
+from dabnet_lib.training.distributed import weights_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,9 +21,27 @@ REPO = Path(__file__).resolve().parents[1]
 def test_two_process_gloo_run(camvid_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "DABNET_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "dabnet_lib.cli", "train", "--profile", "smoke", "--data-root", str(camvid_root), "--out", str(out),
-           "--device", "cpu", "--quiet", "--set", "save_every=0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dabnet_lib.cli",
+        "train",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(camvid_root),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "save_every=0",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("train camvid/smoke") == 1  # only rank 0 logs

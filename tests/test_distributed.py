@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from dabnet_lib.training.distributed import setup
 from dabnet_lib.errors import DabnetError
+from dabnet_lib.training.distributed import setup
 
 
 def test_local_rank_beyond_the_visible_gpus_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,8 +20,11 @@ def test_local_rank_beyond_the_visible_gpus_is_one_clear_error(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", must_not_run)
     monkeypatch.setattr(dist, "init_process_group", must_not_run)
-    with pytest.raises(DabnetError, match=r"LOCAL_RANK 2 needs CUDA device 2, but only 2 CUDA device\(s\) are "
-                                          r"visible.*--nproc_per_node=2.*--device cpu"):
+    with pytest.raises(
+        DabnetError,
+        match=r"LOCAL_RANK 2 needs CUDA device 2, but only 2 CUDA device\(s\) are "
+        r"visible.*--nproc_per_node=2.*--device cpu",
+    ):
         setup(torch.device("cuda"))
 
 

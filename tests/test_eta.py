@@ -11,11 +11,19 @@ from dabnet_lib.training.eta import ETA_REPORT, eta_line, final_stage_start, rem
 from dabnet_lib.training.recipes import get_recipe
 
 
-@pytest.mark.parametrize("total, ipe, frac, start", [
-    (2900, 58, 0.12, 2552), (2900, 58, 0.0, 2900), (8, 4, 0.5, 4), (8, 4, 0.4, 8), (10, 4, 0.9, 4),
-])
-def test_final_stage_start_is_the_first_epoch_boundary_past_the_fraction(total: int, ipe: int, frac: float,
-                                                                         start: int) -> None:
+@pytest.mark.parametrize(
+    ("total", "ipe", "frac", "start"),
+    [
+        (2900, 58, 0.12, 2552),
+        (2900, 58, 0.0, 2900),
+        (8, 4, 0.5, 4),
+        (8, 4, 0.4, 8),
+        (10, 4, 0.9, 4),
+    ],
+)
+def test_final_stage_start_is_the_first_epoch_boundary_past_the_fraction(
+    total: int, ipe: int, frac: float, start: int
+) -> None:
     assert final_stage_start(total, ipe, frac) == start
 
 
@@ -32,10 +40,12 @@ def test_eta_line_reads_well() -> None:
     assert "pixel count" in line and "done about" in line
 
 
-def test_training_prints_an_eta_even_when_quiet(camvid_root: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    recipe = get_recipe("camvid", "smoke").replace(max_images=8, batch_size=2, epochs=8, crop_size=(32, 48),
-                                                   val_every=0, save_every=0)
+def test_training_prints_an_eta_even_when_quiet(
+    camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = get_recipe("camvid", "smoke").replace(
+        max_images=8, batch_size=2, epochs=8, crop_size=(32, 48), val_every=0, save_every=0
+    )
     fit(recipe, camvid_root, tmp_path / "run", quiet=True)
     out = capsys.readouterr()
     lines = [ln for ln in (out.out + out.err).splitlines() if ln.startswith("ETA: ")]

@@ -12,11 +12,10 @@ from torch import nn
 
 from dabnet_lib.data.datasets import SegmentationDataset, build_dataset
 from dabnet_lib.errors import CheckpointError, DatasetError
-from dabnet_lib.evaluation.evaluation import (
-    best_of_last, evaluate_checkpoint, format_result, result_to_json)
-from dabnet_lib.training.validation import PixelCounter, evaluate
-from dabnet_lib.training.metrics import ConfusionMatrix
+from dabnet_lib.evaluation.evaluation import best_of_last, evaluate_checkpoint, format_result, result_to_json
 from dabnet_lib.model.dabnet import DABNet, DABNetConfig
+from dabnet_lib.training.metrics import ConfusionMatrix
+from dabnet_lib.training.validation import PixelCounter, evaluate
 
 N_IMAGES = 3
 
@@ -47,8 +46,9 @@ class Oracle(nn.Module):
         for item in x:
             raw = item + self.mean
             size = raw.shape[-2:]
-            diffs = [(nn.functional.interpolate(im[None], size, mode="bilinear")[0] - raw).abs().mean()
-                     for im in self.images]
+            diffs = [
+                (nn.functional.interpolate(im[None], size, mode="bilinear")[0] - raw).abs().mean() for im in self.images
+            ]
             label = self.labels[int(torch.stack(diffs).argmin())]
             hot = nn.functional.one_hot(label.clamp(max=self.num_classes - 1), self.num_classes)
             out.append(hot.permute(2, 0, 1).float())
@@ -81,9 +81,15 @@ def constant_dabnet(cls: int, num_classes: int = 11) -> DABNet:
 
 
 def save_checkpoint(path: Path, model: DABNet, **extra: object) -> Path:
-    ckpt = {"model": model.state_dict(), "num_classes": model.num_classes,
-            "model_config": model.config.to_dict(), "dataset": "camvid",
-            "mean": [99.63, 103.33, 105.66], "std": None, "epoch": 1}
+    ckpt = {
+        "model": model.state_dict(),
+        "num_classes": model.num_classes,
+        "model_config": model.config.to_dict(),
+        "dataset": "camvid",
+        "mean": [99.63, 103.33, 105.66],
+        "std": None,
+        "epoch": 1,
+    }
     ckpt.update(extra)
     torch.save(ckpt, path)
     return path
@@ -157,14 +163,16 @@ def test_normalisation_source_is_applied(camvid_test: SegmentationDataset) -> No
     probe = Probe(11)
     evaluate(probe, camvid_test, device="cpu", progress=False, limit=1)
     default = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - torch.tensor(
-        camvid_test.info.official_mean).view(3, 1, 1)
+        camvid_test.info.official_mean
+    ).view(3, 1, 1)
     assert torch.allclose(probe.seen[0][0], default, atol=1e-3)
 
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
     probe = Probe(11)
     res = evaluate(probe, camvid_test, device="cpu", progress=False, limit=1, mean=mean, std=std)
-    expected = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - torch.tensor(mean).view(3, 1, 1)) \
-        / torch.tensor(std).view(3, 1, 1)
+    expected = (
+        torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - torch.tensor(mean).view(3, 1, 1)
+    ) / torch.tensor(std).view(3, 1, 1)
     assert torch.allclose(probe.seen[0][0], expected, atol=1e-3)
     assert res["mean"] == list(mean) and res["std"] == list(std)
 
@@ -205,7 +213,9 @@ def test_best_of_last_picks_best_of_last_k(
     save_checkpoint(tmp_path / "last.pt", constant_dabnet(3), epoch=5)
     res = best_of_last(tmp_path, 4, "test", data_root=camvid_root, device="cpu", progress=False, limit=2, scale=0.5)
     assert [c["epoch"] for c in res["candidates"]] == [2, 3, 4, 5]
-    expected = {e: constant_scores(per_epoch[e], labels[:2], info.num_classes, info.ignore_index)[0] for e in (2, 3, 4, 5)}
+    expected = {
+        e: constant_scores(per_epoch[e], labels[:2], info.num_classes, info.ignore_index)[0] for e in (2, 3, 4, 5)
+    }
     for cand in res["candidates"]:
         assert cand["miou"] == pytest.approx(expected[cand["epoch"]])
     best = max(expected, key=expected.get)
@@ -224,7 +234,7 @@ def test_best_of_last_without_epoch_files(tmp_path: Path, camvid_root: Path) -> 
         best_of_last(tmp_path / "nope", 3, data_root=camvid_root, progress=False)
 
 
-@pytest.mark.parametrize("classes,ignore", [(11, 11), (19, 255)])
+@pytest.mark.parametrize(("classes", "ignore"), [(11, 11), (19, 255)])
 def test_pixel_counter_matches_confusion_matrix(classes: int, ignore: int) -> None:
     gen = torch.Generator().manual_seed(classes)
     counter, reference = PixelCounter(classes, ignore), ConfusionMatrix(classes, ignore)
@@ -248,8 +258,9 @@ def test_pixel_counter_reports_stray_labels() -> None:
 
 def test_cityscapes_oracle_and_withheld_test_labels(cityscapes_root: Path) -> None:
     train = build_dataset("cityscapes", cityscapes_root, "train")
-    res = evaluate(Oracle(train, len(train), train.info.official_mean), train, device="cpu", progress=False,
-                   batch_size=2)
+    res = evaluate(
+        Oracle(train, len(train), train.info.official_mean), train, device="cpu", progress=False, batch_size=2
+    )
     assert res["miou"] == 1.0 and res["pixel_accuracy"] == 1.0 and res["images"] == len(train) == 3
     valid = sum(int((train.load(i)[1] != 255).sum()) for i in range(len(train)))
     assert np.asarray(res["confusion"]).sum() == valid

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from dabnet_lib.model.dabnet import DABNet, DABNetConfig, load_weights
 from dabnet_lib.model.fast_ops import (
     FastDepthwiseConv2d,
     FastPReLU,
@@ -19,7 +20,6 @@ from dabnet_lib.model.fast_ops import (
     use_fast_ops,
     uses_custom_backward,
 )
-from dabnet_lib.model.dabnet import DABNet, DABNetConfig, load_weights
 from test_model import ABLATIONS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,12 +51,12 @@ DW_CASES = [(k, shape, d) for k in (3, 5) for shape in ("kx1", "1xk", "kxk") for
 def _dw_conv(channels: int, k: int, shape: str, d: int, bias: bool = False) -> nn.Conv2d:
     kernel = {"kx1": (k, 1), "1xk": (1, k), "kxk": (k, k)}[shape]
     dil = tuple(d if kk > 1 else 1 for kk in kernel)
-    pad = tuple(dd * (kk - 1) // 2 for kk, dd in zip(kernel, dil))
+    pad = tuple(dd * (kk - 1) // 2 for kk, dd in zip(kernel, dil, strict=True))
     return nn.Conv2d(channels, channels, kernel, 1, pad, dil, channels, bias=bias)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("k,shape,d", DW_CASES, ids=[f"k{k}-{s}-d{d}" for k, s, d in DW_CASES])
+@pytest.mark.parametrize(("k", "shape", "d"), DW_CASES, ids=[f"k{k}-{s}-d{d}" for k, s, d in DW_CASES])
 def test_depthwise_conv_matches_stock(k: int, shape: str, d: int, channels_last: bool) -> None:
     torch.manual_seed(0)
     stock = _dw_conv(6, k, shape, d, bias=d == 2)  # one dilation per kernel also checks the bias path
@@ -71,7 +71,7 @@ def test_depthwise_conv_matches_stock(k: int, shape: str, d: int, channels_last:
         assert _rel(got[key], ref[key]) < 1e-5, key
 
 
-@pytest.mark.parametrize("k,shape,d", [(3, "kx1", 4), (5, "kxk", 2), (3, "1xk", 16)])
+@pytest.mark.parametrize(("k", "shape", "d"), [(3, "kx1", 4), (5, "kxk", 2), (3, "1xk", 16)])
 def test_depthwise_conv_matches_stock_under_bf16_autocast(k: int, shape: str, d: int) -> None:
     torch.manual_seed(0)
     stock = _dw_conv(8, k, shape, d)

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from dabnet_lib import cli
-from dabnet_lib.training.validation import evaluate
 from dabnet_lib.data.datasets import build_dataset
 from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS, benchmark_on_device
-from dabnet_lib.training.losses import build_loss
 from dabnet_lib.model.dabnet import DABNet
+from dabnet_lib.training.losses import build_loss
 from dabnet_lib.training.step import train_step
+from dabnet_lib.training.validation import evaluate
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -44,8 +44,9 @@ def test_cuda_amp_training_steps_learn_and_a_scaler_skip_is_reported(dtype: torc
     images, labels = _batch()
     losses = []
     for _ in range(15):
-        loss, applied = train_step(model, images.contiguous(memory_format=torch.channels_last), labels, criterion,
-                                   opt, scaler, dtype)
+        loss, applied = train_step(
+            model, images.contiguous(memory_format=torch.channels_last), labels, criterion, opt, scaler, dtype
+        )
         assert bool(applied)
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0], losses
@@ -54,7 +55,7 @@ def test_cuda_amp_training_steps_learn_and_a_scaler_skip_is_reported(dtype: torc
     loss, applied = train_step(model, images, labels, criterion, opt, scaler, dtype)
     handle.remove()
     assert not bool(applied)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_ohem_on_cuda_keeps_the_same_pixels_as_on_cpu() -> None:
@@ -63,8 +64,9 @@ def test_ohem_on_cuda_keeps_the_same_pixels_as_on_cpu() -> None:
     target[0, :4] = 255
     for min_kept in (0, 100, 4000, 10_000):  # below, around and above the scored pixel count
         loss = build_loss("ohem", 255, thresh=0.7, min_kept=min_kept)
-        assert float(loss.to(CUDA)(logits.to(CUDA), target.to(CUDA))) == pytest.approx(float(loss(logits, target)),
-                                                                                       rel=1e-4)
+        assert float(loss.to(CUDA)(logits.to(CUDA), target.to(CUDA))) == pytest.approx(
+            float(loss(logits, target)), rel=1e-4
+        )
 
 
 def test_evaluate_on_cuda_leaves_the_model_where_it_was(camvid_root: Path) -> None:
@@ -85,15 +87,17 @@ def test_fps_harness_times_every_device_variant_on_cuda() -> None:
 
 
 def test_fps_cli_on_cuda(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["fps", "64,96", "--device", "cuda", "--variants", "folded,fp16,int8", "--iters", "4",
-                     "--json", "--quiet"])
+    code = cli.main(
+        ["fps", "64,96", "--device", "cuda", "--variants", "folded,fp16,int8", "--iters", "4", "--json", "--quiet"]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and [r["variant"] for r in rows] == ["eager", "folded", "fp16", "int8"]
     assert rows[-1]["status"] == "cpu only"
 
 
-def test_smoke_training_on_cuda_with_deferred_host_syncs(camvid_root: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smoke_training_on_cuda_with_deferred_host_syncs(
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The engine on CUDA (AMP auto, step flags read every 10 iterations): finite loss, nothing skipped."""
     from dabnet_lib.training.engine import fit
     from dabnet_lib.training.recipes import get_recipe

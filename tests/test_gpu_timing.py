@@ -12,9 +12,9 @@ import torch
 import dabnet_lib.deploy.gpu_timing as gpu_timing
 import dabnet_lib.deploy.profiling as profiling
 from dabnet_lib import cli, devices
-from dabnet_lib.errors import DabnetError
 from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS, HALF_TOLERANCE, benchmark_on_device, device_variant_names
 from dabnet_lib.deploy.inference_variants import FP32_TOLERANCE, VARIANTS
+from dabnet_lib.errors import DabnetError
 from dabnet_lib.model.dabnet import DABNet
 
 
@@ -30,8 +30,15 @@ def test_fps_on_cuda_without_a_gpu_is_a_clear_error(capsys: pytest.CaptureFixtur
 def test_device_harness_rows_parity_and_cpu_only_rows() -> None:
     torch.manual_seed(0)
     model = DABNet(11).eval()
-    rows = benchmark_on_device(model, (64, 96), "folded,channels_last,fp16,bf16,onnxruntime,int8,warp9",
-                               device="cpu", warmup=1, iters=2, rounds=1)
+    rows = benchmark_on_device(
+        model,
+        (64, 96),
+        "folded,channels_last,fp16,bf16,onnxruntime,int8,warp9",
+        device="cpu",
+        warmup=1,
+        iters=2,
+        rounds=1,
+    )
     by = {r["variant"]: r for r in rows}
     assert list(by) == ["eager", "folded", "channels_last", "fp16", "bf16", "onnxruntime", "int8", "warp9"]
     for name in ("eager", "folded", "channels_last", "fp16", "bf16"):
@@ -73,8 +80,9 @@ def test_profiling_benchmark_sends_cuda_to_the_device_harness(monkeypatch: pytes
     assert seen["device"] == "cuda" and seen["iters"] == 4
 
 
-@pytest.mark.parametrize(("capability", "native"), [((6, 1), False), ((7, 0), False), ((7, 5), False),
-                                                    ((8, 0), True), ((9, 0), True)])
+@pytest.mark.parametrize(
+    ("capability", "native"), [((6, 1), False), ((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)]
+)
 def test_native_bf16_needs_compute_capability_8(monkeypatch: pytest.MonkeyPatch, capability, native) -> None:
     """1080Ti (6.1), V100 (7.0), T4 (7.5) emulate bf16 (torch.cuda.is_bf16_supported() still says True)."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)

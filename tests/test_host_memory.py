@@ -9,9 +9,9 @@ import pytest
 
 import dabnet_lib.data.host_memory as host_memory
 from dabnet_lib.data.datasets import build_dataset, subset
-from dabnet_lib.training.engine import fit
-from dabnet_lib.errors import DabnetError
 from dabnet_lib.data.host_memory import decoded_bytes, plan_caches
+from dabnet_lib.errors import DabnetError
+from dabnet_lib.training.engine import fit
 from dabnet_lib.training.recipes import get_recipe
 
 GB = 10**9
@@ -30,7 +30,7 @@ def test_decoded_size_estimate_is_exact_for_camvid(camvid_root: Path) -> None:
 
 def test_the_cache_is_planned_against_the_budget(camvid_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train = build_dataset("camvid", camvid_root, "train")  # 367 x 360 x 480 x 4 bytes = 0.254 GB decoded
-    val = build_dataset("camvid", camvid_root, "val")      # 101 images: 0.070 GB
+    val = build_dataset("camvid", camvid_root, "val")  # 101 images: 0.070 GB
     need = decoded_bytes(train)
     assert need == 367 * 360 * 480 * 4
 
@@ -74,7 +74,8 @@ def test_subset_of_a_cached_split_keeps_the_matching_decoded_samples(camvid_root
 
 
 def test_streamed_and_cached_training_give_the_same_weights(
-        camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Same seed, cached in RAM vs decoded per access (in-process and in 2 loader workers): same samples,
     same augmentations, same weights; the log says which path was taken and why."""
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, val_every=0, save_every=0, crop_size=(48, 64))

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from dabnet_lib.data.colors import colorize
 from dabnet_lib.data.datasets import CAMVID, CITYSCAPES, build_dataset
 from dabnet_lib.errors import DatasetError
 from dabnet_lib.evaluation.inference import Predictor, cityscapes_label_lut, export_cityscapes, predict_folder
-from dabnet_lib.training.validation import class_argmax
 from dabnet_lib.model.dabnet import DABNet
-from dabnet_lib.data.colors import colorize
+from dabnet_lib.training.validation import class_argmax
 
 
 class Constant(nn.Module):
@@ -96,15 +96,26 @@ def test_predictor_normalises_with_mean_and_std() -> None:
 
     image = _images(1, 20, 24)[0]
     Predictor(Probe(0, 11), (10.0, 20.0, 30.0), (2.0, 4.0, 5.0), device="cpu").predict(image)
-    expected = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - torch.tensor([10.0, 20.0, 30.0]).view(3, 1, 1)) \
-        / torch.tensor([2.0, 4.0, 5.0]).view(3, 1, 1)
+    expected = (
+        torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1) - torch.tensor([10.0, 20.0, 30.0]).view(3, 1, 1)
+    ) / torch.tensor([2.0, 4.0, 5.0]).view(3, 1, 1)
     assert torch.allclose(seen[0][0], expected, atol=1e-4)
 
 
 def test_from_checkpoint_reads_normalisation(net: DABNet, tmp_path: Path) -> None:
     path = tmp_path / "ck.pt"
-    torch.save({"model": net.state_dict(), "num_classes": 11, "model_config": net.config.to_dict(),
-                "dataset": "camvid", "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "epoch": 2}, path)
+    torch.save(
+        {
+            "model": net.state_dict(),
+            "num_classes": 11,
+            "model_config": net.config.to_dict(),
+            "dataset": "camvid",
+            "mean": [1.0, 2.0, 3.0],
+            "std": [4.0, 5.0, 6.0],
+            "epoch": 2,
+        },
+        path,
+    )
     pred = Predictor.from_checkpoint(path, device="cpu")
     assert pred.mean == (1.0, 2.0, 3.0) and pred.std == (4.0, 5.0, 6.0)
     assert pred.info is CAMVID and pred.checkpoint["epoch"] == 2 and "model" not in pred.checkpoint
@@ -124,8 +135,11 @@ def test_predict_folder_writes_three_kinds(net: DABNet, tmp_path: Path) -> None:
     out = tmp_path / "out"
     written = predict_folder(pred, src, out, info=CAMVID, progress=False)
     assert {k: sorted(p.name for p in v) for k, v in written.items()} == {
-        "label": ["a.png", "b.png"], "color": ["a.png", "b.png"], "overlay": ["a.png", "b.png"]}
-    for name, image in zip(("a", "b"), images):
+        "label": ["a.png", "b.png"],
+        "color": ["a.png", "b.png"],
+        "overlay": ["a.png", "b.png"],
+    }
+    for name, image in zip(("a", "b"), images, strict=True):
         label = cv2.imread(str(out / "label" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert label.shape == (40, 56) and label.dtype == np.uint8
         assert np.array_equal(label, pred.predict(image))
@@ -146,7 +160,7 @@ def test_predict_split_of_a_dataset(camvid_root: Path, tmp_path: Path) -> None:
     pred = Predictor(Oracle(pairs, CAMVID.official_mean, 11), CAMVID.official_mean, device="cpu")
     written = predict_folder(pred, ds, tmp_path, write=("label", "color"), progress=False)
     assert [p.stem for p in written["label"]] == [ds.name(0), ds.name(1)]
-    for path, (_, gt) in zip(written["label"], pairs):
+    for path, (_, gt) in zip(written["label"], pairs, strict=True):
         label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         valid = gt != CAMVID.ignore_index
         assert label.shape == (360, 480) and np.array_equal(label[valid], gt[valid])
@@ -160,7 +174,7 @@ def test_corrupt_input_stops_with_its_name(net: DABNet, tmp_path: Path) -> None:
     data = cv2.imencode(".png", _images(1, 64, 64, seed=1)[0])[1].tobytes()
     (src / "b_truncated.png").write_bytes(data[: len(data) // 3])
     out = tmp_path / "out"
-    with pytest.raises(DatasetError, match="b_truncated.png") as err:
+    with pytest.raises(DatasetError, match=r"b_truncated\.png") as err:
         predict_folder(Predictor(net, CAMVID.official_mean, device="cpu"), src, out, info=CAMVID, progress=False)
     assert "1 of 2" in str(err.value)
     assert sorted(p.name for p in (out / "label").iterdir()) == ["a_good.png"]
@@ -177,7 +191,7 @@ def test_label_lut_matches_official_table() -> None:
     assert all(lut[t] == trainId2label[t].id for t in range(19))
 
 
-@pytest.mark.parametrize("train_id,label_id", [(0, 7), (13, 26)])
+@pytest.mark.parametrize(("train_id", "label_id"), [(0, 7), (13, 26)])
 def test_cityscapes_export_constant(cityscapes_root: Path, tmp_path: Path, train_id: int, label_id: int) -> None:
     ds = build_dataset("cityscapes", cityscapes_root, "test")  # the split a submission is made of
     pred = Predictor(Constant(train_id, 19), CITYSCAPES.official_mean, device="cpu")
@@ -197,7 +211,7 @@ def test_cityscapes_export_oracle_round_trips_label_ids(cityscapes_root: Path, t
     pairs = [ds.load(i) for i in range(len(ds))]
     pred = Predictor(Oracle(pairs, CITYSCAPES.official_mean, 19), CITYSCAPES.official_mean, device="cpu")
     paths = export_cityscapes(pred, ds, tmp_path, progress=False)
-    for (image_path, label_path), path, (_, train) in zip(ds.samples, paths, pairs):
+    for (image_path, label_path), path, (_, train) in zip(ds.samples, paths, pairs, strict=True):
         raw_ids = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
         out = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         valid = train != CITYSCAPES.ignore_index
@@ -215,5 +229,6 @@ def test_cityscapes_export_refuses_other_models(net: DABNet, cityscapes_root: Pa
     src.mkdir()
     cv2.imwrite(str(src / "holiday.png"), _images(1, 32, 32)[0])
     with pytest.raises(DatasetError, match="holiday"):
-        export_cityscapes(Predictor(Constant(0, 19), CITYSCAPES.official_mean, device="cpu"), src, tmp_path / "o",
-                          progress=False)
+        export_cityscapes(
+            Predictor(Constant(0, 19), CITYSCAPES.official_mean, device="cpu"), src, tmp_path / "o", progress=False
+        )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import dabnet_lib
 
 PACKAGE = Path(dabnet_lib.__file__).resolve().parent
@@ -100,9 +102,5 @@ def test_every_kind_of_upward_import_is_caught() -> None:
 
 
 def test_a_module_outside_the_layers_is_named() -> None:
-    try:
+    with pytest.raises(AssertionError, match=r"dabnet_lib\.stray belongs to no layer"):
         upward_imports(PACKAGE / "stray.py", "")
-    except AssertionError as exc:
-        assert "dabnet_lib.stray belongs to no layer" in str(exc)
-    else:
-        raise AssertionError("a top-level module outside SHARED was accepted")

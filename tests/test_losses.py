@@ -88,7 +88,7 @@ def test_ohem_raises_threshold_to_keep_min_kept_hardest():
 
 
 def test_ohem_never_keeps_ignored_pixels_and_gradients_flow_only_to_kept():
-    logits, target = _known_probabilities([0.01] + P)  # pixel 0 is the hardest, but ignored
+    logits, target = _known_probabilities([0.01, *P])  # pixel 0 is the hardest, but ignored
     target[0, 0, 0] = IGNORE
     logits.requires_grad_(True)
     value = OhemCrossEntropy(IGNORE, thresh=0.7, min_kept=2)(logits, target)
@@ -103,7 +103,7 @@ def test_ohem_weighted_mean_uses_class_weights_of_kept_pixels():
     logits = torch.zeros(1, c, 1, 4, dtype=torch.float64)
     target = torch.tensor([[[0, 1, 2, 2]]])
     probs = [0.2, 0.4, 0.6, 0.99]  # the last pixel is easy and dropped
-    for k, (t, p) in enumerate(zip(target.reshape(-1).tolist(), probs)):
+    for k, (t, p) in enumerate(zip(target.reshape(-1).tolist(), probs, strict=True)):
         for j in range(c):
             logits[0, j, 0, k] = math.log(p if j == t else (1 - p) / (c - 1))
     weight = torch.tensor([1.0, 2.0, 4.0])

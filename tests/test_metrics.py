@@ -124,7 +124,7 @@ def test_merge_rejects_other_settings():
 def _loop_reference(pred: np.ndarray, target: np.ndarray, c: int, ignore: int) -> np.ndarray:
     """Slow, obviously right: one pixel at a time."""
     out = np.zeros((c, c), dtype=np.int64)
-    for p, t in zip(pred.reshape(-1).tolist(), target.reshape(-1).tolist()):
+    for p, t in zip(pred.reshape(-1).tolist(), target.reshape(-1).tolist(), strict=True):
         if t != ignore:
             out[t, p] += 1
     return out

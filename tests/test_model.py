@@ -32,9 +32,13 @@ def test_parameter_counts_match_paper() -> None:
 def test_state_dict_keys_match_official_release(official: dict) -> None:
     assert list(DABNet(11).state_dict()) == list(official["model"])
     keys = set(DABNet(19).state_dict())
-    for key in ("init_conv.0.conv.weight", "DAB_Block_1.DAB_Module_1_0.conv3x3.conv.weight",
-                "DAB_Block_2.DAB_Module_2_5.ddconv1x3.conv.weight", "bn_prelu_1.bn.weight",
-                "classifier.0.conv.weight"):
+    for key in (
+        "init_conv.0.conv.weight",
+        "DAB_Block_1.DAB_Module_1_0.conv3x3.conv.weight",
+        "DAB_Block_2.DAB_Module_2_5.ddconv1x3.conv.weight",
+        "bn_prelu_1.bn.weight",
+        "classifier.0.conv.weight",
+    ):
         assert key in keys
 
 
@@ -102,9 +106,12 @@ def test_truncated_and_non_checkpoint_files(official: dict, tmp_path: Path) -> N
 
 
 ABLATIONS = [
-    DABNetConfig(**dict(zip(("branches", "dw_shape", "branch_conv", "dw_kernel", "input_injection"), combo)))
-    for combo in itertools.product(("both", "local", "dilated"), ("asymmetric", "square"),
-                                   ("depthwise", "standard"), (3, 5), (True, False))
+    DABNetConfig(
+        **dict(zip(("branches", "dw_shape", "branch_conv", "dw_kernel", "input_injection"), combo, strict=True))
+    )
+    for combo in itertools.product(
+        ("both", "local", "dilated"), ("asymmetric", "square"), ("depthwise", "standard"), (3, 5), (True, False)
+    )
 ] + [DABNetConfig(blocks_1=2, dilations_1=(2, 2), blocks_2=4, dilations_2=(2, 4, 8, 16))]
 
 

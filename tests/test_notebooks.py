@@ -14,7 +14,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from dabnet_lib.workbook.runner import NOTEBOOKS, NOTEBOOK_DIR, REPO_ROOT, Layout, ParameterError, main, run_notebook
+from dabnet_lib.workbook.runner import NOTEBOOK_DIR, NOTEBOOKS, REPO_ROOT, Layout, ParameterError, main, run_notebook
 
 COMMON_PARAMETERS = {"dataset", "data_root", "profile", "run_dir", "reports_dir", "seed"}
 OWN_PARAMETERS = {
@@ -49,8 +49,14 @@ def test_committed_notebooks_are_clean_and_parameterised(name: str) -> None:
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, camvid_root: Path) -> dict[str, Path]:
     """Execute 01..06 with profile=smoke on the real CamVid, in order, into a temp folder."""
     base = tmp_path_factory.mktemp("workbook")
-    params = {"dataset": "camvid", "data_root": str(camvid_root), "profile": "smoke",
-              "run_dir": str(base / "runs"), "reports_dir": str(base / "reports"), "seed": 0}
+    params = {
+        "dataset": "camvid",
+        "data_root": str(camvid_root),
+        "profile": "smoke",
+        "run_dir": str(base / "runs"),
+        "reports_dir": str(base / "reports"),
+        "seed": 0,
+    }
     done = {}
     for name in NOTEBOOKS:
         done[name] = run_notebook(name, params, base / "reports" / "notebooks", progress=False)
@@ -116,15 +122,22 @@ def test_executed_training_notebook_stays_small(smoke_run: dict[str, Path]) -> N
     assert list((smoke_run["base"] / "runs" / "train").glob("events.out.tfevents.*"))  # TensorBoard too
 
 
-@pytest.mark.parametrize("param, message", [
-    ("limti=3", "notebook 04_evaluation has no parameter 'limti': did you mean 'limit'? valid: dataset, data_root, "
-                "profile, run_dir, reports_dir, seed, checkpoint, split, limit"),
-    ("split=3", "notebook 04_evaluation: parameter 'split' takes str (default \"test\"), got int 3; valid: "),
-    ("seed=1.5", "parameter 'seed' takes int (default 0), got float 1.5"),
-    ("seed=True", "parameter 'seed' takes int (default 0), got bool True"),
-])
-def test_workbook_checks_parameters_before_running(param: str, message: str, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        (
+            "limti=3",
+            "notebook 04_evaluation has no parameter 'limti': did you mean 'limit'? valid: dataset, data_root, "
+            "profile, run_dir, reports_dir, seed, checkpoint, split, limit",
+        ),
+        ("split=3", "notebook 04_evaluation: parameter 'split' takes str (default \"test\"), got int 3; valid: "),
+        ("seed=1.5", "parameter 'seed' takes int (default 0), got float 1.5"),
+        ("seed=True", "parameter 'seed' takes int (default 0), got bool True"),
+    ],
+)
+def test_workbook_checks_parameters_before_running(
+    param: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     argv = ["run", "04", "--profile", "smoke", "--reports", str(tmp_path / "reports"), "-p", param]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -135,12 +148,14 @@ def test_workbook_checks_parameters_before_running(param: str, message: str, tmp
 def test_parameter_annotations_and_float_defaults() -> None:
     from dabnet_lib.workbook.runner import check_parameters
 
-    declared = {"variants": {"default": '"all"', "inferred_type_name": "str|list"},
-                "lr": {"default": "0.001", "inferred_type_name": "None"},
-                "limit": {"default": "None", "inferred_type_name": "None"}}
+    declared = {
+        "variants": {"default": '"all"', "inferred_type_name": "str|list"},
+        "lr": {"default": "0.001", "inferred_type_name": "None"},
+        "limit": {"default": "None", "inferred_type_name": "None"},
+    }
     check_parameters("02", {"variants": ["paper", "local_only"], "lr": 2}, declared)  # int is fine for a float
     check_parameters("02", {"limit": 3}, declared)  # a None default shows no type: any value
-    with pytest.raises(ParameterError, match="takes str | list"):
+    with pytest.raises(ParameterError, match=r"takes str \| list"):
         check_parameters("02", {"variants": 3}, declared)
     with pytest.raises(ParameterError, match="'lr' takes float"):
         check_parameters("02", {"lr": "fast"}, declared)
@@ -157,9 +172,20 @@ def test_run_all_stops_at_the_failing_notebook(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     env = {**os.environ, "CI": "1"}
     proc = subprocess.run(
-        ["make", "--no-print-directory", "notebooks", f"REPORTS={reports}", "PROFILE=smoke",
-         f"DATA_ROOT={tmp_path / 'no_such_camvid'}", f"PY={sys.executable}"],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300,
+        [
+            "make",
+            "--no-print-directory",
+            "notebooks",
+            f"REPORTS={reports}",
+            "PROFILE=smoke",
+            f"DATA_ROOT={tmp_path / 'no_such_camvid'}",
+            f"PY={sys.executable}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode != 0
     assert "notebook 01_data_exploration failed" in proc.stderr

@@ -20,6 +20,7 @@ from torch import nn
 
 from dabnet_lib import cli
 from dabnet_lib.data.datasets import CAMVID, CamVid
+from dabnet_lib.data.transforms import normalize
 from dabnet_lib.deploy.inference_rewrites import InferenceForward, upsample_bilinear
 from dabnet_lib.deploy.inference_variants import (
     FP32_TOLERANCE,
@@ -33,7 +34,6 @@ from dabnet_lib.deploy.inference_variants import (
     optimize,
     relative_difference,
 )
-from dabnet_lib.model.dabnet import Conv, DABNet, DABNetConfig
 from dabnet_lib.deploy.profiling import (
     benchmark,
     calibration_images,
@@ -44,7 +44,7 @@ from dabnet_lib.deploy.profiling import (
     measure,
     target_verdicts,
 )
-from dabnet_lib.data.transforms import normalize
+from dabnet_lib.model.dabnet import Conv, DABNet, DABNetConfig
 
 SIZE = (64, 96)
 
@@ -130,7 +130,7 @@ def test_measure_reports_latency_fps_and_context() -> None:
     assert stats["fps"] == pytest.approx(3 * 1000 / stats["median_ms"])
     assert (stats["batch"], stats["resolution"], stats["torch"]) == (3, "20x30", torch.__version__)
     assert stats["threads"] == torch.get_num_threads() and stats["device"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"iters must be >= 1, got 0"):
         measure(fn, x, iters=0)
 
 
@@ -164,8 +164,9 @@ def test_folding_is_exact_and_removes_every_bn_that_follows_a_conv(model: DABNet
 
 
 def test_folding_handles_an_ablation_config(images: torch.Tensor) -> None:
-    cfg = DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8), branches="local",
-                       dw_shape="square")
+    cfg = DABNetConfig(
+        blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8), branches="local", dw_shape="square"
+    )
     net = _randomise_bn(DABNet(5, cfg), seed=3)
     with torch.no_grad():
         assert relative_difference(net(images), fold_batchnorm(net)(images)) < 1e-5
@@ -180,8 +181,10 @@ def test_upsample_bilinear_equals_interpolate() -> None:
         assert (got - expected).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("cfg", [DABNetConfig(), DABNetConfig(blocks_1=1, blocks_2=1, dilations_1=(2,),
-                                                                dilations_2=(4,), input_injection=False)])
+@pytest.mark.parametrize(
+    "cfg",
+    [DABNetConfig(), DABNetConfig(blocks_1=1, blocks_2=1, dilations_1=(2,), dilations_2=(4,), input_injection=False)],
+)
 def test_inference_forward_matches_the_model(cfg: DABNetConfig, images: torch.Tensor) -> None:
     net = _randomise_bn(DABNet(7, cfg), seed=5)
     with torch.no_grad():
@@ -254,9 +257,26 @@ def test_unknown_variant_and_missing_calibration_raise(model: DABNet) -> None:
 
 
 def test_fps_json_has_every_requested_row(tmp_path: Path) -> None:
-    code, out = _run_cli(["fps", "64,96", "--variants", "eager,folded,warp9,int8,channels_last",
-                          "--iters", "3", "--warmup", "1", "--rounds", "1", "--threads", "2",
-                          "--data-root", str(tmp_path / "no_camvid"), "--json", "--quiet"])
+    code, out = _run_cli(
+        [
+            "fps",
+            "64,96",
+            "--variants",
+            "eager,folded,warp9,int8,channels_last",
+            "--iters",
+            "3",
+            "--warmup",
+            "1",
+            "--rounds",
+            "1",
+            "--threads",
+            "2",
+            "--data-root",
+            str(tmp_path / "no_camvid"),
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = json.loads(out)
     assert [r["variant"] for r in rows] == ["eager", "folded", "warp9", "int8", "channels_last"]
@@ -274,43 +294,54 @@ def test_fps_json_has_every_requested_row(tmp_path: Path) -> None:
 
 
 def test_fps_table_names_the_context() -> None:
-    code, out = _run_cli(["fps", "48,64", "--variants", "folded", "--iters", "2", "--warmup", "0",
-                          "--rounds", "1", "--quiet"])
+    code, out = _run_cli(
+        ["fps", "48,64", "--variants", "folded", "--iters", "2", "--warmup", "0", "--rounds", "1", "--quiet"]
+    )
     assert code == 0
     lines = out.splitlines()
     assert "parameters" in lines[0] and "GFLOPs" in lines[0] and "GMACs" in lines[0]
     assert "threads" in lines[1] and "load average" in lines[1]
-    assert any(l.startswith("eager ") for l in lines) and any(l.startswith("folded ") for l in lines)
-    targets = [l for l in lines if l.startswith(("target ", "fp32 peak fraction"))]
+    assert any(line.startswith("eager ") for line in lines) and any(line.startswith("folded ") for line in lines)
+    targets = [line for line in lines if line.startswith(("target ", "fp32 peak fraction"))]
     assert targets[0].startswith("target best fp32 variant >= 2.0x eager: folded ")
     assert targets[1] == "target int8 >= 3.0x eager: not measured (variant not run)"
-    assert targets[2] == ("target our best fp32 vs OpenVINO fp32 >= 1.3x: not measured (variant not run or "
-                          "failed)")
+    assert targets[2] == ("target our best fp32 vs OpenVINO fp32 >= 1.3x: not measured (variant not run or failed)")
     assert targets[4].startswith("fp32 peak fraction: ")
 
 
 def test_target_verdicts_say_met_or_by_how_much_short() -> None:
-    rows = [{"variant": "eager", "status": "ok", "speedup": 1.0},
-            {"variant": "folded", "status": "ok", "speedup": 1.1},
-            {"variant": "compiled", "status": "ok", "speedup": 2.2},
-            {"variant": "onnxruntime", "status": "error", "speedup": None},
-            {"variant": "int8", "status": "ok", "speedup": 2.85}]
-    assert target_verdicts(rows)[:2] == ["target best fp32 variant >= 2.0x eager: compiled 2.20x, met",
-                                         "target int8 >= 3.0x eager: int8 2.85x, NOT met, 5.0% short"]
+    rows = [
+        {"variant": "eager", "status": "ok", "speedup": 1.0},
+        {"variant": "folded", "status": "ok", "speedup": 1.1},
+        {"variant": "compiled", "status": "ok", "speedup": 2.2},
+        {"variant": "onnxruntime", "status": "error", "speedup": None},
+        {"variant": "int8", "status": "ok", "speedup": 2.85},
+    ]
+    assert target_verdicts(rows)[:2] == [
+        "target best fp32 variant >= 2.0x eager: compiled 2.20x, met",
+        "target int8 >= 3.0x eager: int8 2.85x, NOT met, 5.0% short",
+    ]
 
 
 def test_openvino_verdicts_compare_times_of_the_same_run() -> None:
-    rows = [{"variant": "eager", "status": "ok", "speedup": 1.0, "ms": 100.0, "batch": 1, "threads": 2},
-            {"variant": "compiled", "status": "ok", "speedup": 2.0, "ms": 50.0, "batch": 1, "threads": 2},
-            {"variant": "onnxruntime", "status": "ok", "speedup": 4.0, "ms": 25.0, "batch": 1, "threads": 2},
-            {"variant": "openvino", "status": "ok", "speedup": 1.6, "ms": 60.0, "batch": 1, "threads": 2},
-            {"variant": "int8", "status": "ok", "speedup": 4.0, "ms": 25.0, "batch": 1, "threads": 2},
-            {"variant": "openvino_int8", "status": "ok", "speedup": 5.0, "ms": 20.0, "batch": 1, "threads": 2}]
+    rows = [
+        {"variant": "eager", "status": "ok", "speedup": 1.0, "ms": 100.0, "batch": 1, "threads": 2},
+        {"variant": "compiled", "status": "ok", "speedup": 2.0, "ms": 50.0, "batch": 1, "threads": 2},
+        {"variant": "onnxruntime", "status": "ok", "speedup": 4.0, "ms": 25.0, "batch": 1, "threads": 2},
+        {"variant": "openvino", "status": "ok", "speedup": 1.6, "ms": 60.0, "batch": 1, "threads": 2},
+        {"variant": "int8", "status": "ok", "speedup": 4.0, "ms": 25.0, "batch": 1, "threads": 2},
+        {"variant": "openvino_int8", "status": "ok", "speedup": 5.0, "ms": 20.0, "batch": 1, "threads": 2},
+    ]
     lines = target_verdicts(rows, gflops_per_image=6.73)
     # onnxruntime is not "ours": our best fp32 is compiled
-    assert lines[2] == ("target our best fp32 vs OpenVINO fp32 >= 1.3x: compiled 50.0 ms vs openvino 60.0 ms = "
-                        "1.20x, NOT met, 7.7% short")
-    assert lines[3] == "target our int8 vs OpenVINO int8 >= 1.0x: int8 25.0 ms vs openvino_int8 20.0 ms = 0.80x, NOT met, 20.0% short"
+    assert lines[2] == (
+        "target our best fp32 vs OpenVINO fp32 >= 1.3x: compiled 50.0 ms vs openvino 60.0 ms = "
+        "1.20x, NOT met, 7.7% short"
+    )
+    assert (
+        lines[3] == "target our int8 vs OpenVINO int8 >= 1.0x: int8 25.0 ms vs openvino_int8 20.0 ms = 0.80x, "
+        "NOT met, 20.0% short"
+    )
     # the fastest fp32 row overall (onnxruntime, 25 ms): 6.73 GFLOP x 40/s = 269.2 GFLOP/s
     assert lines[4].startswith("fp32 peak fraction: onnxruntime reaches 269.2 GFLOP/s")
     peak = cpu_fp32_peak(2)
@@ -327,20 +358,25 @@ def test_fp32_flops_per_cycle_follow_the_isa() -> None:
 
 # --------------------------------------------------------------------------- OpenVINO
 
-needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None or
-                                    importlib.util.find_spec("nncf") is None,
-                                    reason="the openvino extra is not installed: pip install -e '.[openvino]'")
+needs_openvino = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+    reason="the openvino extra is not installed: pip install -e '.[openvino]'",
+)
 
 
-def test_missing_openvino_gives_an_install_hint_and_others_still_run(monkeypatch: pytest.MonkeyPatch,
-                                                                      model: DABNet) -> None:
+def test_missing_openvino_gives_an_install_hint_and_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, model: DABNet
+) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     monkeypatch.setitem(sys.modules, "nncf", None)
-    with pytest.raises(VariantError, match=r"openvino is not installed: pip install openvino==2026\.4\.1 nncf==3\.4\.0"):
+    with pytest.raises(
+        VariantError, match=r"openvino is not installed: pip install openvino==2026\.4\.1 nncf==3\.4\.0"
+    ):
         optimize(model, "openvino", example_input=torch.zeros(1, 3, *SIZE))
     calibration = [torch.zeros(1, 3, *SIZE)]
-    rows = benchmark(model, SIZE, "eager,openvino,openvino_int8", iters=1, warmup=0, rounds=1, threads=1,
-                     calibration=calibration)
+    rows = benchmark(
+        model, SIZE, "eager,openvino,openvino_int8", iters=1, warmup=0, rounds=1, threads=1, calibration=calibration
+    )
     by = {r["variant"]: r for r in rows}
     assert by["eager"]["status"] == "ok" and by["eager"]["ms"] > 0
     for name in ("openvino", "openvino_int8"):
@@ -365,8 +401,9 @@ def test_openvino_int8_variant(camvid_root: Path) -> None:
     net = DABNet(11, DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8))).eval()
     calibration = calibration_images(camvid_root, SIZE, count=2)
     check = calibration_images(camvid_root, SIZE, count=2, split="val")
-    opt = optimize(net, "openvino_int8", example_input=calibration[0], calibration=calibration,
-                   check_inputs=check, threads=2)
+    opt = optimize(
+        net, "openvino_int8", example_input=calibration[0], calibration=calibration, check_inputs=check, threads=2
+    )
     assert opt.parity["metric"] == "label_agreement_pct"
     with torch.no_grad():
         own = np.mean([label_agreement(net(x), opt(x)) for x in check])
@@ -384,8 +421,21 @@ def test_export_openvino_round_trip(tmp_path: Path, model: DABNet) -> None:
     ckpt = tmp_path / "weights.pt"
     torch.save({"model": model.state_dict(), "num_classes": 11}, ckpt)
     out = tmp_path / "dabnet.xml"
-    code, text = _run_cli(["export", "--format", "openvino", "--out", str(out), "--checkpoint", str(ckpt),
-                           "--input-size", "64,96", "--threads", "2"])
+    code, text = _run_cli(
+        [
+            "export",
+            "--format",
+            "openvino",
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(ckpt),
+            "--input-size",
+            "64,96",
+            "--threads",
+            "2",
+        ]
+    )
     assert code == 0 and "OpenVINO matches PyTorch" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dabnet.bin", "dabnet.xml", "weights.pt"]  # no temp left
     compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -415,8 +465,9 @@ def test_export_round_trip_through_onnxruntime(tmp_path: Path, model: DABNet) ->
     ckpt = tmp_path / "weights.pt"
     torch.save({"model": model.state_dict(), "num_classes": 11}, ckpt)
     out = tmp_path / "dabnet.onnx"
-    code, text = _run_cli(["export", "--format", "onnx", "--out", str(out), "--checkpoint", str(ckpt),
-                           "--input-size", "64,96"])
+    code, text = _run_cli(
+        ["export", "--format", "onnx", "--out", str(out), "--checkpoint", str(ckpt), "--input-size", "64,96"]
+    )
     assert code == 0 and "wrote" in text and out.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dabnet.onnx", "weights.pt"]  # no temp file left
     assert os.stat(out).st_mode & 0o044  # readable by others like any normal file
@@ -437,9 +488,10 @@ def test_export_to_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys: pyt
     assert not (tmp_path / "nope").exists()
 
 
-@pytest.mark.parametrize("fmt, target", [("onnx", "torch.onnx.export"), ("openvino", "openvino.convert_model")])
+@pytest.mark.parametrize(("fmt", "target"), [("onnx", "torch.onnx.export"), ("openvino", "openvino.convert_model")])
 def test_export_failure_with_an_empty_message_is_one_clear_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str, target: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, fmt: str, target: str
+) -> None:
     module, name = target.rsplit(".", 1)
 
     def fail(*args: object, **kwargs: object) -> None:

@@ -45,24 +45,38 @@ def test_smoke_and_cpu_profiles_are_budgeted() -> None:
 
 
 def test_unknown_dataset_or_profile() -> None:
-    with pytest.raises(DabnetError, match="unknown profile 'gpu'.*smoke, cpu, paper"):
+    with pytest.raises(DabnetError, match=r"unknown profile 'gpu'.*smoke, cpu, paper"):
         get_recipe("camvid", "gpu")
     with pytest.raises(DabnetError, match="unknown dataset 'kitti'"):
         get_recipe("kitti", "paper")
 
 
 def test_replace_applies_and_validates() -> None:
-    r = get_recipe("camvid", "cpu").replace(lr=2e-3, crop_size=[256, 320], model_config={"blocks_1": 2,
-                                                                                         "dilations_1": [2, 2]})
+    r = get_recipe("camvid", "cpu").replace(
+        lr=2e-3, crop_size=[256, 320], model_config={"blocks_1": 2, "dilations_1": [2, 2]}
+    )
     assert r.lr == 2e-3 and r.crop_size == (256, 320) and r.model_config["blocks_1"] == 2
 
 
-@pytest.mark.parametrize("field, value", [
-    ("lr", -1.0), ("lr", "fast"), ("batch_size", 2.5), ("batch_size", 0), ("optimizer", "rmsprop"),
-    ("crop_size", [360]), ("crop_size", [8, 8]), ("mirror", "yes"), ("betas", [0.9, 1.5]),
-    ("model_config", {"blocks_1": 0}), ("class_weights", [1.0, 2.0]), ("final_fraction", 1.5),
-    ("val_split", "dev"), ("mean", [1, 2]),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lr", -1.0),
+        ("lr", "fast"),
+        ("batch_size", 2.5),
+        ("batch_size", 0),
+        ("optimizer", "rmsprop"),
+        ("crop_size", [360]),
+        ("crop_size", [8, 8]),
+        ("mirror", "yes"),
+        ("betas", [0.9, 1.5]),
+        ("model_config", {"blocks_1": 0}),
+        ("class_weights", [1.0, 2.0]),
+        ("final_fraction", 1.5),
+        ("val_split", "dev"),
+        ("mean", [1, 2]),
+    ],
+)
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(DabnetError, match=field):
         get_recipe("camvid", "paper").replace(**{field: value})
@@ -77,8 +91,17 @@ def test_unknown_field_lists_the_valid_ones() -> None:
 
 
 def test_cli_style_overrides_parse() -> None:
-    r = get_recipe("camvid", "paper").override(["lr=2e-3", "crop_size=256,320", "val_split=null", "betas=[0.8,0.99]",
-                                                "class_weights=none", "mirror=false", "optimizer=sgd"])
+    r = get_recipe("camvid", "paper").override(
+        [
+            "lr=2e-3",
+            "crop_size=256,320",
+            "val_split=null",
+            "betas=[0.8,0.99]",
+            "class_weights=none",
+            "mirror=false",
+            "optimizer=sgd",
+        ]
+    )
     assert (r.lr, r.crop_size, r.val_split, r.betas) == (2e-3, (256, 320), None, (0.8, 0.99))
     assert (r.class_weights, r.mirror, r.optimizer) == ("none", False, "sgd")
     with pytest.raises(DabnetError, match="field=value"):

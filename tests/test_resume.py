@@ -8,14 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from dabnet_lib.model.checkpoints import load_for_resume
 from dabnet_lib.cli import main
+from dabnet_lib.model.checkpoints import load_for_resume
 from dabnet_lib.training.engine import TrainingInterrupted, fit
 from dabnet_lib.training.recipes import Recipe, get_recipe
 
@@ -29,8 +29,15 @@ def _stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 def _recipe(**kw: object) -> Recipe:
     """8 images, batch 2: 4 iterations per epoch, 2 epochs; no validation (weights are what we compare)."""
-    fields: dict[str, object] = dict(max_images=8, batch_size=2, epochs=2, crop_size=(48, 64), warmup_iters=3,
-                                     val_every=0, save_every=0)
+    fields: dict[str, object] = {
+        "max_images": 8,
+        "batch_size": 2,
+        "epochs": 2,
+        "crop_size": (48, 64),
+        "warmup_iters": 3,
+        "val_every": 0,
+        "save_every": 0,
+    }
     return get_recipe("camvid", "smoke").replace(**{**fields, **kw})
 
 
@@ -38,6 +45,7 @@ def _signal_at(iteration: int, signum: int) -> Callable[[int], None]:
     def hook(it: int) -> None:
         if it == iteration:
             os.kill(os.getpid(), signum)
+
     return hook
 
 
@@ -112,11 +120,31 @@ def test_worker_processes_do_not_change_the_result(camvid_root: Path, tmp_path: 
 
 def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(camvid_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["train", "--profile", "smoke", "--data-root", str(camvid_root), "--out", str(out), "--quiet",
-            "--max-epochs", "1000", "--set", "val_every=0", "--set", "save_every=0"]
+    args = [
+        "train",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(camvid_root),
+        "--out",
+        str(out),
+        "--quiet",
+        "--max-epochs",
+        "1000",
+        "--set",
+        "val_every=0",
+        "--set",
+        "save_every=0",
+    ]
     env = {**os.environ, "DABNET_CACHE_DIR": os.environ["DABNET_CACHE_DIR"], "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "dabnet_lib.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dabnet_lib.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
@@ -133,5 +161,5 @@ def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(camvid_root: Path, tmp_
     assert ck["iteration"] >= 1 and ck["iteration"] == ck["epoch"] * 2 + ck["position"]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     # resume through the CLI with a budget just one epoch longer
-    assert main(args[:-6] + ["--resume", "--max-epochs", str(ck["epoch"] + 1), "--set", "val_every=0"]) == 0
+    assert main([*args[:-6], "--resume", "--max-epochs", str(ck["epoch"] + 1), "--set", "val_every=0"]) == 0
     assert load_for_resume(out / "last.pt")["epoch"] == ck["epoch"] + 1

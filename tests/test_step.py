@@ -38,6 +38,7 @@ def test_non_finite_step_leaves_weights_and_adam_state_untouched(poison: str) ->
     model, opt, images, labels = _setup()
     before = _state(model, opt)
     if poison == "loss":
+
         def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits, target) * float("nan")
     else:
@@ -47,12 +48,13 @@ def test_non_finite_step_leaves_weights_and_adam_state_untouched(poison: str) ->
     assert not applied
     assert math.isfinite(float(loss)) == (poison == "gradient")
     after = _state(model, opt)
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     if poison == "gradient":
         handle.remove()
-    loss, applied = train_step(model, images, labels, torch.nn.CrossEntropyLoss(), opt,
-                               torch.amp.GradScaler("cpu", enabled=False))
-    assert applied and not all(torch.equal(a, b) for a, b in zip(before, _state(model, opt)))
+    loss, applied = train_step(
+        model, images, labels, torch.nn.CrossEntropyLoss(), opt, torch.amp.GradScaler("cpu", enabled=False)
+    )
+    assert applied and not all(torch.equal(a, b) for a, b in zip(before, _state(model, opt), strict=True))
 
 
 def _dilated_conv_grad_errors(layout, compiled: bool, repeats: int) -> list[float]:
@@ -71,8 +73,9 @@ def _dilated_conv_grad_errors(layout, compiled: bool, repeats: int) -> list[floa
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = run(x.contiguous(memory_format=layout.memory_format))
         (y.float() * grad_out).sum().backward()
-        errors.append(float((test_conv.weight.grad - ref_conv.weight.grad).abs().max()
-                            / ref_conv.weight.grad.abs().max()))
+        errors.append(
+            float((test_conv.weight.grad - ref_conv.weight.grad).abs().max() / ref_conv.weight.grad.abs().max())
+        )
     return errors
 
 
@@ -97,6 +100,7 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
     assert training_layout(True, None, cpu).compile_options is None
     assert training_layout(False, torch.bfloat16, cpu).memory_format == torch.contiguous_format
     import dabnet_lib.training.step as step
+
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": float("inf"))
     refused = training_layout(True, torch.bfloat16, cpu)
     assert refused.memory_format == torch.contiguous_format and "channels_last off" in refused.note
@@ -108,7 +112,8 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
 
 
 def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
-        camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = engine.train_step
     calls = {"n": 0}
 
@@ -134,16 +139,16 @@ def test_a_step_the_grad_scaler_skips_is_reported_as_not_applied() -> None:
     inf is skipped by the scaler; train_step reports it as not applied (a device flag), weights and Adam state
     stay, the scale drops; the next clean step is applied."""
     model, opt, images, labels = _setup()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     before, scale = _state(model, opt), scaler.get_scale()
     handle = model.init_conv[0].conv.weight.register_hook(lambda g: g * float("inf"))
     loss, applied = train_step(model, images, labels, torch.nn.CrossEntropyLoss(), opt, scaler)
     handle.remove()
     assert isinstance(applied, torch.Tensor) and applied.dtype == torch.bool and not bool(applied)
     assert math.isfinite(float(loss)) and scaler.get_scale() < scale
-    assert all(torch.equal(a, b) for a, b in zip(before, _state(model, opt)))
+    assert all(torch.equal(a, b) for a, b in zip(before, _state(model, opt), strict=True))
     loss, applied = train_step(model, images, labels, torch.nn.CrossEntropyLoss(), opt, scaler)
-    assert bool(applied) and not all(torch.equal(a, b) for a, b in zip(before, _state(model, opt)))
+    assert bool(applied) and not all(torch.equal(a, b) for a, b in zip(before, _state(model, opt), strict=True))
 
 
 class _SkippingScaler(torch.amp.GradScaler):
@@ -161,7 +166,8 @@ class _SkippingScaler(torch.amp.GradScaler):
 
 @pytest.mark.parametrize("sync_every", [1, 3])
 def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
-        camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int) -> None:
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int
+) -> None:
     """The engine with an enabled GradScaler: skipped steps count in skipped_steps, their (NaN-free but
     unapplied) losses stay out of the loss mean, and 20 in a row stop the run; also when the host reads the
     step flags only every ``sync_every`` iterations (as on CUDA)."""

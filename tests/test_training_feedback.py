@@ -13,10 +13,10 @@ import torch
 from dabnet_lib.cli import main
 from dabnet_lib.data.datasets import CAMVID
 from dabnet_lib.training.engine import fit
-from dabnet_lib.workbook.live_progress import LIVE_PLOT_CLASS, LiveProgress
 from dabnet_lib.training.recipes import get_recipe
-from dabnet_lib.workbook import tensorboard_log
 from dabnet_lib.training.training_events import TrainingEvents, close_callbacks
+from dabnet_lib.workbook import tensorboard_log
+from dabnet_lib.workbook.live_progress import LIVE_PLOT_CLASS, LiveProgress
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +48,9 @@ class Recorder:
 
 def test_fit_sends_iteration_epoch_and_validation_events(camvid_root: Path, tmp_path: Path) -> None:
     rec, legacy = Recorder(), []
-    summary = fit(get_recipe("camvid", "smoke"), camvid_root, tmp_path, quiet=True, callbacks=[rec],
-                  on_iteration=legacy.append)
+    summary = fit(
+        get_recipe("camvid", "smoke"), camvid_root, tmp_path, quiet=True, callbacks=[rec], on_iteration=legacy.append
+    )
     assert legacy == [1, 2, 3, 4] and [i["iteration"] for i in rec.iterations] == legacy  # old hook unchanged
     first = rec.iterations[0]
     assert first["total_iters"] == 4 and first["iters_per_epoch"] == 2 and first["images"] == 4
@@ -88,14 +89,38 @@ def test_events_reach_callbacks_on_rank_0_only_and_close_all() -> None:
 def test_dabnet_train_writes_tensorboard_events(camvid_root: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert main(["train", "--profile", "smoke", "--data-root", str(camvid_root), "--out", str(tmp_path),
-                 "--quiet", "--set", "save_every=0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--profile",
+                "smoke",
+                "--data-root",
+                str(camvid_root),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--set",
+                "save_every=0",
+            ]
+        )
+        == 0
+    )
     assert list(tmp_path.glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    expected = {"train/loss", "train/lr", "train/images_per_s", "train/skipped_steps", "epoch/loss",
-                "epoch/images_per_s", "epoch/skipped_steps", "val/miou", "val/pixel_accuracy"}
+    expected = {
+        "train/loss",
+        "train/lr",
+        "train/images_per_s",
+        "train/skipped_steps",
+        "epoch/loss",
+        "epoch/images_per_s",
+        "epoch/skipped_steps",
+        "val/miou",
+        "val/pixel_accuracy",
+    }
     expected |= {f"val/iou/{name}" for name in CAMVID.classes}
     assert expected <= set(tags["scalars"]), expected - set(tags["scalars"])
     assert {"val/example_0", "val/example_1", "val/example_2"} <= set(tags["images"])
@@ -108,17 +133,29 @@ def test_dabnet_train_writes_tensorboard_events(camvid_root: Path, tmp_path: Pat
     assert b'"dataset": "camvid"' in acc.Tensors("recipe/text_summary")[0].tensor_proto.string_val[0]
 
 
-def test_no_tensorboard_flag_and_missing_package(camvid_root: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture) -> None:
-    base = ["train", "--profile", "smoke", "--data-root", str(camvid_root), "--quiet", "--max-epochs", "1",
-            "--set", "save_every=0", "--set", "val_every=0"]
-    assert main(base + ["--out", str(tmp_path / "off"), "--no-tensorboard"]) == 0
+def test_no_tensorboard_flag_and_missing_package(
+    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    base = [
+        "train",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(camvid_root),
+        "--quiet",
+        "--max-epochs",
+        "1",
+        "--set",
+        "save_every=0",
+        "--set",
+        "val_every=0",
+    ]
+    assert main([*base, "--out", str(tmp_path / "off"), "--no-tensorboard"]) == 0
     assert not list((tmp_path / "off").glob("events.out.tfevents.*"))
     monkeypatch.setattr(tensorboard_log, "tensorboard_available", lambda: False)
     monkeypatch.setattr(tensorboard_log, "_warned", False)
     for run in ("a", "b"):
-        assert main(base + ["--out", str(tmp_path / run)]) == 0
+        assert main([*base, "--out", str(tmp_path / run)]) == 0
     err = capsys.readouterr().err
     assert err.count("pip install tensorboard") == 1  # said once, and training still ran
     assert (tmp_path / "b" / "last.pt").is_file() and not list((tmp_path / "b").glob("events.out.tfevents.*"))
@@ -131,7 +168,7 @@ class FakeHandle:
         self.shown: list[dict[str, Any]] = []
         self.updates: list[dict[str, Any]] = []
 
-    def __call__(self, bundle: dict[str, Any], **kwargs: Any) -> "FakeHandle":
+    def __call__(self, bundle: dict[str, Any], **kwargs: Any) -> FakeHandle:
         assert kwargs.get("display_id") is True
         self.shown.append(bundle)
         return self
@@ -146,7 +183,9 @@ def test_live_view_updates_one_figure_in_place(camvid_root: Path, tmp_path: Path
     fit(get_recipe("camvid", "smoke"), camvid_root, tmp_path, quiet=True, callbacks=[live])
     assert len(display.shown) == 1 and len(display.updates) >= 3  # one output, updated in place
     last = display.updates[-1]
-    assert f'class="{LIVE_PLOT_CLASS}"' in last["text/html"] and f'data-updates="{live.plot_updates}"' in last["text/html"]
+    assert (
+        f'class="{LIVE_PLOT_CLASS}"' in last["text/html"] and f'data-updates="{live.plot_updates}"' in last["text/html"]
+    )
     assert last["image/png"] != display.shown[0]["image/png"]
     assert any("val_miou" in p for p in live.points) and any("loss" in p for p in live.points)
     assert live.bar is None  # closed

@@ -92,15 +92,18 @@ def test_padding_uses_ignore_and_mean_colour() -> None:
     np.testing.assert_array_equal(out_label[:32, :40].numpy(), label)
     assert torch.all(out_label[32:] == IGNORE) and torch.all(out_label[:, 40:] == IGNORE)
     assert torch.all(out_image[:, 32:] == 0) and torch.all(out_image[:, :, 40:] == 0)
-    np.testing.assert_allclose(out_image[:, :32, :40].numpy(),
-                               image.transpose(2, 0, 1).astype(np.float32) - np.array(MEAN)[:, None, None])
+    np.testing.assert_allclose(
+        out_image[:, :32, :40].numpy(), image.transpose(2, 0, 1).astype(np.float32) - np.array(MEAN)[:, None, None]
+    )
 
 
 def test_base_scale_resizes_like_cv2() -> None:
     image, label = coded_pair(96, 128)
     out_image, out_label = make((48, 64), scales=(1.0,), mirror=False, base_scale=0.5)(image, label)
     np.testing.assert_array_equal(out_label.numpy(), cv2.resize(label, (64, 48), interpolation=cv2.INTER_NEAREST_EXACT))
-    expected = cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR).astype(np.float32) - np.array(MEAN, np.float32)
+    expected = cv2.resize(image, (64, 48), interpolation=cv2.INTER_LINEAR).astype(np.float32) - np.array(
+        MEAN, np.float32
+    )
     np.testing.assert_allclose(out_image.numpy(), expected.transpose(2, 0, 1))
 
 
@@ -110,16 +113,16 @@ def test_reproducible_with_seed_and_torch_seed() -> None:
     for seed in (5, 5, 6):
         transform = make((64, 64), scales=PAPER_SCALES, seed=seed)
         runs.append([transform(image, label)[1] for _ in range(6)])
-    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
-    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
     # rng=None: seeded from torch.initial_seed(), so torch.manual_seed reproduces a run
     streams = []
     for seed in (11, 11, 12):
         torch.manual_seed(seed)
         transform = TrainTransform((64, 64), mean=MEAN, ignore_index=IGNORE)
         streams.append([transform(image, label)[1] for _ in range(6)])
-    assert all(torch.equal(a, b) for a, b in zip(streams[0], streams[1]))
-    assert not all(torch.equal(a, b) for a, b in zip(streams[0], streams[2]))
+    assert all(torch.equal(a, b) for a, b in zip(streams[0], streams[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(streams[0], streams[2], strict=True))
 
 
 def test_rejects_missing_mean_and_bad_arguments() -> None:
@@ -145,7 +148,9 @@ def test_eval_transform_and_normalize_roundtrip() -> None:
 
 
 def test_real_camvid_sample(camvid_root: Path) -> None:
-    ds = CamVid(camvid_root, "val", transform=TrainTransform.for_dataset(CAMVID, (256, 256), rng=np.random.default_rng(0)))
+    ds = CamVid(
+        camvid_root, "val", transform=TrainTransform.for_dataset(CAMVID, (256, 256), rng=np.random.default_rng(0))
+    )
     for i in (0, 50):
         out_image, out_label = ds[i]
         assert tuple(out_image.shape) == (3, 256, 256) and tuple(out_label.shape) == (256, 256)

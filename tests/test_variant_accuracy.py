@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dabnet_lib.deploy.variant_accuracy import variant_miou
 from dabnet_lib.evaluation.evaluation import evaluate_checkpoint
 from dabnet_lib.model.dabnet import DABNet
-from dabnet_lib.deploy.variant_accuracy import variant_miou
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -22,8 +22,17 @@ def test_exact_variant_has_no_drop_and_a_bad_variant_gets_an_error_row(camvid_ro
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     path = tmp_path / "w.pt"
-    torch.save({"model": model.state_dict(), "num_classes": 11, "model_config": model.config.to_dict(),
-                "dataset": "camvid", "mean": [99.63, 103.33, 105.66], "std": None}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "num_classes": 11,
+            "model_config": model.config.to_dict(),
+            "dataset": "camvid",
+            "mean": [99.63, 103.33, 105.66],
+            "std": None,
+        },
+        path,
+    )
     rows = variant_miou(path, camvid_root, ("folded", "warp9"), split="val", calibration_count=1, limit=2)
     eager, folded, bad = rows
     reference = evaluate_checkpoint(path, camvid_root, "val", progress=False, limit=2)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dabnet_lib.data.colors import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
 from dabnet_lib.workbook.viewer import (
     DIM,
     LAYERS,
@@ -20,8 +21,6 @@ from dabnet_lib.workbook.viewer import (
     per_image_iou,
     render,
 )
-from dabnet_lib.data.colors import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay
-
 from fakes import FakeInfo
 
 INFO = FakeInfo()
@@ -88,7 +87,9 @@ def test_render_layers_at_full_and_zero_opacity():
         out = render(dataclasses.replace(s, layer=layer, opacity=0.0), image, label, pred, INFO)
         assert out.dtype == np.uint8 and out.shape == image.shape
         np.testing.assert_array_equal(out, image)
-    np.testing.assert_array_equal(render(dataclasses.replace(s, layer="image", opacity=0.9), image, label, pred, INFO), image)
+    np.testing.assert_array_equal(
+        render(dataclasses.replace(s, layer="image", opacity=0.9), image, label, pred, INFO), image
+    )
     half = render(dataclasses.replace(s, layer="prediction", opacity=0.4), image, label, pred, INFO)
     np.testing.assert_array_equal(half, overlay(image, colorize(pred, INFO.palette, 255), 0.4))
 
@@ -173,7 +174,7 @@ def test_viewer_initial_picture_and_controls():
     assert "val_000" in viewer.status_widget.value
     assert predict.calls == 1
     # one legend: the IoU table names every class with its colour; the key below holds the other colours
-    for name, rgb in zip(INFO.classes, INFO.palette):
+    for name, rgb in zip(INFO.classes, INFO.palette, strict=True):
         assert name in viewer.iou_widget.value and name not in viewer.legend_widget.value
         assert f"rgb({rgb[0]},{rgb[1]},{rgb[2]})" in viewer.iou_widget.value
     for rgb in (ERROR_CORRECT, ERROR_WRONG, ERROR_IGNORED):

@@ -1,4 +1,5 @@
-"""visualize, data.colors, training.curves: colours at known pixels, blending, error maps, legends and the figures' contents."""
+"""visualize, data.colors, training.curves: colours at known pixels, blending, error maps, legends and the figures'
+contents."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from dabnet_lib.data.colors import (
 )
 from dabnet_lib.training.curves import plot_curves
 from dabnet_lib.workbook.visualize import legend_handles, plot_confusion, sample_grid
-
 from fakes import FakeInfo
 
 INFO = FakeInfo(palette=np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90], [1, 2, 3]], dtype=np.uint8))

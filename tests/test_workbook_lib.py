@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dabnet_lib.workbook import exploration
-from dabnet_lib.workbook.ablations import VARIANTS
 from dabnet_lib.data.datasets import CAMVID, build_dataset
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model.dabnet import DABNet, count_parameters
+from dabnet_lib.workbook import exploration
+from dabnet_lib.workbook.ablations import VARIANTS
 from dabnet_lib.workbook.qualitative import median_index, pick_examples
 from dabnet_lib.workbook.reports import (
     MAX_MARKDOWN_COLUMNS,
@@ -53,8 +54,11 @@ def test_class_presence_matches_labels(camvid_root: Path) -> None:
 
 
 def test_class_table_columns() -> None:
-    stats = {"class_counts": [3, 1], "class_frequencies": [0.75, 0.25],
-             "class_weights": [1 / math.log(1.85), 1 / math.log(1.35)]}
+    stats = {
+        "class_counts": [3, 1],
+        "class_frequencies": [0.75, 0.25],
+        "class_weights": [1 / math.log(1.85), 1 / math.log(1.35)],
+    }
     info = type("Info", (), {"classes": ("a", "b")})()
     table = exploration.class_table(stats, info)
     assert table["weight"].round(4).tolist() == [round(1 / math.log(1.85), 4), round(1 / math.log(1.35), 4)]
@@ -91,18 +95,29 @@ def test_write_table_with_provenance(tmp_path: Path) -> None:
 def _markdown_tables(text: str) -> list[list[str]]:
     """The header cells of every pipe table in a Markdown text."""
     lines = text.splitlines()
-    return [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line, below in zip(lines, lines[1:]) if line.startswith("|") and below.startswith(("|:", "|-"))]
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line, below in itertools.pairwise(lines)
+        if line.startswith("|") and below.startswith(("|:", "|-"))
+    ]
 
 
 def test_a_view_shows_the_readers_columns_and_moves_shared_facts_up(tmp_path: Path) -> None:
-    df = pd.DataFrame({"variant": ["eager", "int8", "paper"], "ms": [55.0, 20.8, float("nan")],
-                       "device": ["Xeon", "Xeon", None], "threads": [2.0, 2.0, float("nan")],
-                       "load": [0.5, 1.25, float("nan")], "build_s": [0.1, 33.0, float("nan")],
-                       "error": [None, "RuntimeError: no int8 kernel", None]})
+    df = pd.DataFrame(
+        {
+            "variant": ["eager", "int8", "paper"],
+            "ms": [55.0, 20.8, float("nan")],
+            "device": ["Xeon", "Xeon", None],
+            "threads": [2.0, 2.0, float("nan")],
+            "load": [0.5, 1.25, float("nan")],
+            "build_s": [0.1, 33.0, float("nan")],
+            "error": [None, "RuntimeError: no int8 kernel", None],
+        }
+    )
     view = TableView(("variant", "ms"), facts=("device", "threads", "load"), problems="error")
-    csv, md = write_table(df, tmp_path / "speed", provenance("smoke", "1 call", "make nb N=06"), "Speed",
-                          ["a note"], view=view)
+    csv, md = write_table(
+        df, tmp_path / "speed", provenance("smoke", "1 call", "make nb N=06"), "Speed", ["a note"], view=view
+    )
     assert list(pd.read_csv(csv).columns) == list(df.columns)  # the .csv keeps everything
     text = md.read_text()
     assert _markdown_tables(text) == [["variant", "ms"]]
@@ -132,8 +147,9 @@ def test_committed_report_tables_stay_readable() -> None:
         for key in ("profile", "budget", "hardware", "date", "commit", "command"):
             assert f"- **{key}**:" in text, (md.name, key)
         if md.stem in VIEWS:
-            assert _markdown_tables(text)[0] == [c for c in VIEWS[md.stem].columns
-                                                 if c in pd.read_csv(md.with_suffix(".csv")).columns]
+            assert _markdown_tables(text)[0] == [
+                c for c in VIEWS[md.stem].columns if c in pd.read_csv(md.with_suffix(".csv")).columns
+            ]
 
 
 def test_training_result_and_budget(tmp_path: Path) -> None:
@@ -142,15 +158,33 @@ def test_training_result_and_budget(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "summary.json").write_text(json.dumps({"result": str(tmp_path / "train" / "last.pt")}))
     assert training_result(tmp_path) == tmp_path / "train" / "last.pt"
-    ckpt = {"epoch": 12, "iteration": 3456, "recipe": {"profile": "cpu", "minutes": 60.0, "train_split": "trainval",
-                                                       "batch_size": 8, "crop_size": [180, 240], "final_fraction": 0.25,
-                                                       "final_crop_size": [360, 480]}}
-    assert training_budget(ckpt) == ("cpu profile: 60 min wall-clock on trainval, batch 8, crop 180x240 -> 360x480; "
-                                     "reached epoch 12, 3,456 iterations")
+    ckpt = {
+        "epoch": 12,
+        "iteration": 3456,
+        "recipe": {
+            "profile": "cpu",
+            "minutes": 60.0,
+            "train_split": "trainval",
+            "batch_size": 8,
+            "crop_size": [180, 240],
+            "final_fraction": 0.25,
+            "final_crop_size": [360, 480],
+        },
+    }
+    assert training_budget(ckpt) == (
+        "cpu profile: 60 min wall-clock on trainval, batch 8, crop 180x240 -> 360x480; "
+        "reached epoch 12, 3,456 iterations"
+    )
     assert "unknown" in training_budget({"epoch": 3})
-    timed = {**ckpt, "elapsed_s": 1446.0, "hardware": "AMD EPYC 7B13 (2 CPUs)",
-             "training_choice": {"label": "fp32 channels_last eager"}}
-    assert training_budget(timed).endswith("; trained in 24.1 min on AMD EPYC 7B13 (2 CPUs) as fp32 channels_last eager")
+    timed = {
+        **ckpt,
+        "elapsed_s": 1446.0,
+        "hardware": "AMD EPYC 7B13 (2 CPUs)",
+        "training_choice": {"label": "fp32 channels_last eager"},
+    }
+    assert training_budget(timed).endswith(
+        "; trained in 24.1 min on AMD EPYC 7B13 (2 CPUs) as fp32 channels_last eager"
+    )
 
 
 def test_notebook_names_resolve() -> None:
@@ -170,16 +204,23 @@ def test_run_all_publishes_03_and_evaluates_the_published_file(tmp_path: Path) -
     published.write_bytes(b"weights")
     for name in ("04", "05_qualitative_results", "06"):
         assert notebook_parameters(name, "smoke", "camvid", outside)["checkpoint"] == str(published)
-    assert notebook_parameters("04", "smoke", "camvid", outside, extra={"checkpoint": "mine.pt"})["checkpoint"] == "mine.pt"
+    assert (
+        notebook_parameters("04", "smoke", "camvid", outside, extra={"checkpoint": "mine.pt"})["checkpoint"]
+        == "mine.pt"
+    )
     assert "checkpoint" not in notebook_parameters("02", "smoke", "camvid", outside)
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["run", "09"], "unknown notebook '09'"),
-    (["run", "03", "--param", "lr"], "--param expects KEY=VALUE, got 'lr'"),
-])
-def test_the_runner_refuses_bad_input_with_one_line(argv: list[str], needle: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "09"], "unknown notebook '09'"),
+        (["run", "03", "--param", "lr"], "--param expects KEY=VALUE, got 'lr'"),
+    ],
+)
+def test_the_runner_refuses_bad_input_with_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"error: {err.strip()[7:]}"] and needle in err and "Traceback" not in err

@@ -21,24 +21,25 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..training import distributed as D
 from ..data.datasets import CAMVID, build_dataset, subset
-from ..training.autotune import Candidate
-from ..model.fast_ops import use_fast_ops
-from ..machine import cpu_label
-from ..training.step import autocast_dtype, train_step, training_layout
-from ..training.losses import build_loss
-from ..model.dabnet import DABNet
-from ..training.schedule import WarmupPolyLR, lr_factor
 from ..data.transforms import PAPER_SCALES, TrainTransform
+from ..machine import cpu_label
+from ..model.dabnet import DABNet
+from ..model.fast_ops import use_fast_ops
+from ..training import distributed as D
+from ..training.autotune import Candidate
+from ..training.losses import build_loss
+from ..training.schedule import WarmupPolyLR, lr_factor
+from ..training.step import autocast_dtype, train_step, training_layout
 
 # The official release's CamVid class weights (github.com/Reagan1311/DABNet): both loops use them, so the loss
 # costs the same.
@@ -48,8 +49,9 @@ _WEIGHTS = (4.43, 3.44, 9.63, 2.91, 6.99, 5.21, 9.49, 9.15, 7.17, 9.89, 7.55)
 class OfficialStyleCamVid(Dataset):
     """Per-sample decode + augmentation written the way the official ``CamVidDataSet`` does it."""
 
-    def __init__(self, samples: list[tuple[Path, Path | None]], crop: tuple[int, int], mean: tuple[float, ...],
-                 ignore: int) -> None:
+    def __init__(
+        self, samples: list[tuple[Path, Path | None]], crop: tuple[int, int], mean: tuple[float, ...], ignore: int
+    ) -> None:
         self.samples, self.crop, self.ignore = samples, crop, ignore
         self.mean_bgr = np.array(mean[::-1], dtype=np.float32)
 
@@ -72,8 +74,8 @@ class OfficialStyleCamVid(Dataset):
             label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.ignore)
         top = random.randint(0, label.shape[0] - ch)
         left = random.randint(0, label.shape[1] - cw)
-        image = np.asarray(image[top:top + ch, left:left + cw], np.float32).transpose(2, 0, 1)
-        label = np.asarray(label[top:top + ch, left:left + cw], np.float32)
+        image = np.asarray(image[top : top + ch, left : left + cw], np.float32).transpose(2, 0, 1)
+        label = np.asarray(label[top : top + ch, left : left + cw], np.float32)
         flip = np.random.choice(2) * 2 - 1
         return image[:, :, ::flip].copy(), label[:, ::flip].copy()
 
@@ -82,8 +84,12 @@ class _Loop:
     """One training loop under test: ``make_batches()`` opens a fresh batch iterator (an official-style
     loader starts its worker processes there), ``step(x, y)`` trains on one batch."""
 
-    def __init__(self, make_batches: Callable[[], Iterator[Any]], step: Callable[[Any, Any], None],
-                 layout_note: str | None = None) -> None:
+    def __init__(
+        self,
+        make_batches: Callable[[], Iterator[Any]],
+        step: Callable[[Any, Any], None],
+        layout_note: str | None = None,
+    ) -> None:
         self.make_batches, self.step = make_batches, step
         self.layout_note = layout_note  # set when the candidate's layout was refused (it trains NCHW instead)
         self.seconds: list[float] = []
@@ -104,12 +110,25 @@ class _Loop:
 
     def result(self) -> dict[str, Any]:
         total = sum(self.seconds)
-        return {"images_per_s": self.images / total, "seconds": total, "images": self.images,
-                "round_images_per_s": [self.images / len(self.seconds) / s for s in self.seconds]}
+        return {
+            "images_per_s": self.images / total,
+            "seconds": total,
+            "images": self.images,
+            "round_images_per_s": [self.images / len(self.seconds) / s for s in self.seconds],
+        }
 
 
-def _engine_loop(c: Candidate, ds: Any, input_size: tuple[int, int], batch_size: int, num_workers: int, seed: int,
-                 criterion: torch.nn.Module, total: int, fast_ops: bool = False) -> _Loop:
+def _engine_loop(
+    c: Candidate,
+    ds: Any,
+    input_size: tuple[int, int],
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    criterion: torch.nn.Module,
+    total: int,
+    fast_ops: bool = False,
+) -> _Loop:
     """This engine's loop trained as candidate ``c`` (precision, layout, compile)."""
     cpu = torch.device("cpu")
     info = CAMVID
@@ -136,11 +155,22 @@ def _engine_loop(c: Candidate, ds: Any, input_size: tuple[int, int], batch_size:
     return _Loop(batches, step, plan.note)
 
 
-def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidate], batch_size: int = 8,
-                input_size: tuple[int, int] = (360, 480), iters: int = 4, rounds: int = 3, warmup: int = 1,
-                num_workers: int = 0, official_workers: int = 4, seed: int = 0, max_images: int | None = None,
-                threads: int | None = None, status: Mapping[Candidate, str] | None = None,
-                fast_ops: bool = False) -> dict[str, Any]:
+def bench_train(
+    data_root: str | os.PathLike[str],
+    candidates: Sequence[Candidate],
+    batch_size: int = 8,
+    input_size: tuple[int, int] = (360, 480),
+    iters: int = 4,
+    rounds: int = 3,
+    warmup: int = 1,
+    num_workers: int = 0,
+    official_workers: int = 4,
+    seed: int = 0,
+    max_images: int | None = None,
+    threads: int | None = None,
+    status: Mapping[Candidate, str] | None = None,
+    fast_ops: bool = False,
+) -> dict[str, Any]:
     """Images/s of (a) the official-style loop and (b) this engine trained as each of ``candidates``
     (see the module docstring); ``status`` notes per candidate (e.g. why the autotuner refuses it).
 
@@ -161,10 +191,19 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
     criterion = build_loss("ce", info.ignore_index, weight=torch.tensor(_WEIGHTS))
     if threads is not None:
         torch.set_num_threads(threads)
-    out: dict[str, Any] = {"batch_size": batch_size, "input_size": list(input_size), "iters": iters, "rounds": rounds,
-                           "warmup": warmup, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                           "cpu": cpu_label(), "torch": torch.__version__, "load_before": os.getloadavg()[0],
-                           "fast_ops": fast_ops}
+    out: dict[str, Any] = {
+        "batch_size": batch_size,
+        "input_size": list(input_size),
+        "iters": iters,
+        "rounds": rounds,
+        "warmup": warmup,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_label(),
+        "torch": torch.__version__,
+        "load_before": os.getloadavg()[0],
+        "fast_ops": fast_ops,
+    }
 
     # (a) official style
     torch.manual_seed(seed)
@@ -178,8 +217,11 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
     def official_batches() -> Iterator[Any]:
         with warnings.catch_warnings():  # 4 workers on a 2-core machine: the official default being measured
             warnings.filterwarnings("ignore", message="This DataLoader will create")
-            return iter(DataLoader(official_data, batch_size=batch_size, shuffle=True, num_workers=official_workers,
-                                   drop_last=True))
+            return iter(
+                DataLoader(
+                    official_data, batch_size=batch_size, shuffle=True, num_workers=official_workers, drop_last=True
+                )
+            )
 
     def official_step(x: torch.Tensor, y: torch.Tensor) -> None:
         it = count["it"]
@@ -196,8 +238,10 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
     ds.cache_in_memory(progress=False)
     out["decode_once_s"] = time.perf_counter() - t
     official = _Loop(official_batches, official_step)
-    engines = {c: _engine_loop(c, ds, input_size, batch_size, num_workers, seed, criterion, total, fast_ops)
-               for c in candidates}
+    engines = {
+        c: _engine_loop(c, ds, input_size, batch_size, num_workers, seed, criterion, total, fast_ops)
+        for c in candidates
+    }
     t = time.perf_counter()
     official.run(warmup, 0)
     out["official_warmup_s"] = time.perf_counter() - t
@@ -216,11 +260,21 @@ def bench_train(data_root: str | os.PathLike[str], candidates: Sequence[Candidat
         res = loop.result()
         trained_cl = c.channels_last and loop.layout_note is None
         label = c.label if trained_cl == c.channels_last else c.label.replace("channels_last", "NCHW*")
-        out["engines"].append({**res, "label": label, "amp": c.amp, "channels_last": trained_cl,
-                               "requested_channels_last": c.channels_last, "layout_note": loop.layout_note,
-                               "compile": c.compile, "num_workers": num_workers, "warmup_s": warm[c],
-                               "status": (status or {}).get(c, ""),
-                               "ratio": res["images_per_s"] / out["official"]["images_per_s"]})
+        out["engines"].append(
+            {
+                **res,
+                "label": label,
+                "amp": c.amp,
+                "channels_last": trained_cl,
+                "requested_channels_last": c.channels_last,
+                "layout_note": loop.layout_note,
+                "compile": c.compile,
+                "num_workers": num_workers,
+                "warmup_s": warm[c],
+                "status": (status or {}).get(c, ""),
+                "ratio": res["images_per_s"] / out["official"]["images_per_s"],
+            }
+        )
     out["ratio"] = out["engines"][0]["ratio"]
     out["load_after"] = os.getloadavg()[0]
     return out
@@ -246,8 +300,10 @@ def format_bench(result: dict[str, Any]) -> str:
     ]
     for e in result["engines"]:
         note = f"  [{e['status']}]" if e["status"] else ""
-        lines.append(f"    {e['label']:<26} {e['images_per_s']:7.2f} images/s  {e['ratio']:5.2f}x the official loop"
-                     f"  (warm-up {e['warmup_s']:.0f} s; rounds: {rates(e)}){note}")
+        lines.append(
+            f"    {e['label']:<26} {e['images_per_s']:7.2f} images/s  {e['ratio']:5.2f}x the official loop"
+            f"  (warm-up {e['warmup_s']:.0f} s; rounds: {rates(e)}){note}"
+        )
     refused = next((e["layout_note"] for e in result["engines"] if e.get("layout_note")), None)
     if refused:
         lines.append(f"    * asked for channels_last, trained NCHW: {refused}")

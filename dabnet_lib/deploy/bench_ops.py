@@ -11,22 +11,24 @@ import contextlib
 import copy
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..model.fast_ops import count_fast_ops, use_fast_ops
-from ..model.dabnet import DABNet
 from ..machine import cpu_label
+from ..model.dabnet import DABNet
+from ..model.fast_ops import count_fast_ops, use_fast_ops
 
 #: The issue's training-step target: fast ops at least this many times faster than the stock ops.
 TRAIN_STEP_TARGET = 1.3
 IGNORE_INDEX = 11  # CamVid's ignore label
 
 
-def _step_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-             amp: str) -> Callable[[], None]:
+def _step_fn(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, amp: str
+) -> Callable[[], None]:
     """One training step of ``model`` (Adam, lr 1e-3, weight decay 2e-4: the CamVid recipe)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=2e-4)
 
@@ -38,12 +40,21 @@ def _step_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
-def bench_fast_ops(input_size: tuple[int, int] = (180, 240), batch: int = 8, threads: int = 2,
-                   amp: str = "off", channels_last: bool = False, rounds: int = 5, iters: int = 3,
-                   warmup: int = 2, num_classes: int = 11) -> dict[str, Any]:
+def bench_fast_ops(
+    input_size: tuple[int, int] = (180, 240),
+    batch: int = 8,
+    threads: int = 2,
+    amp: str = "off",
+    channels_last: bool = False,
+    rounds: int = 5,
+    iters: int = 3,
+    warmup: int = 2,
+    num_classes: int = 11,
+) -> dict[str, Any]:
     """Median step time (ms) of the stock and the fast-ops model, ``rounds`` interleaved rounds of
     ``iters`` steps each after ``warmup`` untimed steps per model; ``ratio`` = stock / fast (> 1: the
     fast ops are faster). amp: ``"off"`` (fp32) or ``"bf16"`` (CPU autocast)."""
@@ -76,10 +87,21 @@ def bench_fast_ops(input_size: tuple[int, int] = (180, 240), batch: int = 8, thr
     finally:
         torch.set_num_threads(previous)
     stock_ms, fast_ms = statistics.median(times["stock"]), statistics.median(times["fast"])
-    return {"stock_ms": stock_ms, "fast_ms": fast_ms, "ratio": stock_ms / fast_ms, "times_ms": times,
-            "cpu": cpu_label(), "threads": threads, "batch": batch, "input_size": tuple(input_size), "amp": amp,
-            "channels_last": channels_last, "torch": torch.__version__, "fast_ops": count_fast_ops(fast),
-            "target": TRAIN_STEP_TARGET}
+    return {
+        "stock_ms": stock_ms,
+        "fast_ms": fast_ms,
+        "ratio": stock_ms / fast_ms,
+        "times_ms": times,
+        "cpu": cpu_label(),
+        "threads": threads,
+        "batch": batch,
+        "input_size": tuple(input_size),
+        "amp": amp,
+        "channels_last": channels_last,
+        "torch": torch.__version__,
+        "fast_ops": count_fast_ops(fast),
+        "target": TRAIN_STEP_TARGET,
+    }
 
 
 def format_bench_ops(result: dict[str, Any]) -> str:
@@ -90,12 +112,14 @@ def format_bench_ops(result: dict[str, Any]) -> str:
     precision = "bf16 autocast" if result["amp"] == "bf16" else "fp32"
     layout = "channels_last" if result["channels_last"] else "NCHW"
     ops = result["fast_ops"]
-    return "\n".join([
-        f"training step (forward + class-weighted CE + backward + Adam), DABNet {h}x{w}, batch {result['batch']}, "
-        f"{result['threads']} threads, {precision}, {layout}, torch {result['torch']}",
-        f"cpu: {result['cpu']}",
-        f"fast ops: {ops['fast']} depth-wise convs swapped, {ops['custom_backward']} of them dilated "
-        f"(written-out backward), {ops['prelu']} PReLUs swapped",
-        f"stock ops: {result['stock_ms']:.1f} ms/step (median); fast ops: {result['fast_ms']:.1f} ms/step",
-        f"fast ops: {ratio:.2f}x the stock ops (target >= {target:.1f}x: {verdict})",
-    ])
+    return "\n".join(
+        [
+            f"training step (forward + class-weighted CE + backward + Adam), DABNet {h}x{w}, batch {result['batch']}, "
+            f"{result['threads']} threads, {precision}, {layout}, torch {result['torch']}",
+            f"cpu: {result['cpu']}",
+            f"fast ops: {ops['fast']} depth-wise convs swapped, {ops['custom_backward']} of them dilated "
+            f"(written-out backward), {ops['prelu']} PReLUs swapped",
+            f"stock ops: {result['stock_ms']:.1f} ms/step (median); fast ops: {result['fast_ms']:.1f} ms/step",
+            f"fast ops: {ratio:.2f}x the stock ops (target >= {target:.1f}x: {verdict})",
+        ]
+    )

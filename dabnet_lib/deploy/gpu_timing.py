@@ -24,7 +24,8 @@ import contextlib
 import copy
 import math
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,8 +66,7 @@ def _timing_backends(device: torch.device) -> Iterator[None]:
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
 
 def _no_grad(fn: Fn, dtype: torch.dtype | None = None, layout: torch.memory_format | None = None) -> Fn:
@@ -74,6 +74,7 @@ def _no_grad(fn: Fn, dtype: torch.dtype | None = None, layout: torch.memory_form
         x = images if layout is None else images.contiguous(memory_format=layout)
         with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return fn(x).float()
+
     return run
 
 
@@ -88,8 +89,9 @@ def _build(model: nn.Module, name: str, device: torch.device) -> tuple[Fn, str]:
         return _no_grad(fold_batchnorm(model)), "fp32, BatchNorm folded into the convolutions"
     if name == "compiled":
         module = InferenceForward(fold_batchnorm(model).to(memory_format=cl))
-        return _no_grad(torch.compile(module, dynamic=False), layout=cl), \
-            f"folded + channels_last + InferenceForward, torch.compile (inductor, {device.type} defaults)"
+        return _no_grad(
+            torch.compile(module, dynamic=False), layout=cl
+        ), f"folded + channels_last + InferenceForward, torch.compile (inductor, {device.type} defaults)"
     dtype = _HALF_DTYPES[name]
     notes = f"eager under torch.autocast({device.type}, {name})"
     if name == "bf16" and device.type == "cuda":
@@ -136,12 +138,23 @@ def time_calls(fn: Fn, images: torch.Tensor, calls: int) -> list[float]:
 def _cpu_only_row(name: str) -> dict[str, str]:
     if name in VARIANTS:
         return {"status": "cpu only", "error": "CPU only (a CPU backend): not timed on this device"}
-    return {"status": "error", "error": f"unknown variant {name!r}; choose from {', '.join(DEVICE_VARIANTS + VARIANTS)}"}
+    return {
+        "status": "error",
+        "error": f"unknown variant {name!r}; choose from {', '.join(DEVICE_VARIANTS + VARIANTS)}",
+    }
 
 
-def benchmark_on_device(model: nn.Module, input_size: tuple[int, int], variants: str | Sequence[str] = "all",
-                        batch: int = 1, device: str | torch.device = "cuda", warmup: int = 5, iters: int = 30,
-                        rounds: int = 3, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def benchmark_on_device(
+    model: nn.Module,
+    input_size: tuple[int, int],
+    variants: str | Sequence[str] = "all",
+    batch: int = 1,
+    device: str | torch.device = "cuda",
+    warmup: int = 5,
+    iters: int = 30,
+    rounds: int = 3,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Build, check and time ``variants`` of ``model`` at ``batch`` x 3 x ``input_size`` on ``device``
     (the model itself is not moved: a copy is). Rows as :func:`dabnet_lib.deploy.profiling.benchmark`'s, eager
     first; a variant that cannot run here has ``status`` "cpu only" or "error" and its reason in ``error``."""
@@ -153,17 +166,35 @@ def benchmark_on_device(model: nn.Module, input_size: tuple[int, int], variants:
         dev = torch.device("cuda", torch.cuda.current_device())
     on_device = copy.deepcopy(model).eval().to(dev)
     example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
-    context = {"device": device_name(dev), "threads": torch.get_num_threads(), "batch": batch,
-               "resolution": f"{input_size[0]}x{input_size[1]}", "torch": torch.__version__,
-               "load_avg_start": load_average(), "idle_before_rounds": []}
+    context = {
+        "device": device_name(dev),
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "resolution": f"{input_size[0]}x{input_size[1]}",
+        "torch": torch.__version__,
+        "load_avg_start": load_average(),
+        "idle_before_rounds": [],
+    }
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Fn] = {}
     with _timing_backends(dev):
         reference = _no_grad(on_device)(example)
         for name in device_variant_names(variants):
-            row = rows[name] = {"variant": name, "status": "ok", "ms": None, "p90_ms": None, "fps": None,
-                                "speedup": None, "parity": "", "parity_ok": None, "parity_value": None,
-                                "build_s": None, "notes": "", "error": None, **context}
+            row = rows[name] = {
+                "variant": name,
+                "status": "ok",
+                "ms": None,
+                "p90_ms": None,
+                "fps": None,
+                "speedup": None,
+                "parity": "",
+                "parity_ok": None,
+                "parity_value": None,
+                "build_s": None,
+                "notes": "",
+                "error": None,
+                **context,
+            }
             if name not in DEVICE_VARIANTS:
                 row.update(_cpu_only_row(name))
                 continue
@@ -177,11 +208,16 @@ def benchmark_on_device(model: nn.Module, input_size: tuple[int, int], variants:
                 row.update(status="error", error=f"{name} could not be built or run on {dev}: {first}")
                 continue
             parity = _parity(name, reference, out)
-            row.update(build_s=round(time.perf_counter() - start, 2), notes=notes, parity=parity["text"],
-                       parity_ok=parity["ok"], parity_value=parity["value"])
+            row.update(
+                build_s=round(time.perf_counter() - start, 2),
+                notes=notes,
+                parity=parity["text"],
+                parity_ok=parity["ok"],
+                parity_value=parity["value"],
+            )
             built[name] = fn
         times: dict[str, list[float]] = {name: [] for name in built}
-        for name, fn in built.items():
+        for fn in built.values():
             time_calls(fn, example, max(1, warmup))
         per_round = max(1, math.ceil(iters / max(1, rounds)))
         for r in range(max(1, rounds)):

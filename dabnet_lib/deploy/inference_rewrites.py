@@ -18,7 +18,6 @@ from torch import nn
 
 from ..model.dabnet import BNPReLU, Conv, DABNet, DownSamplingBlock
 
-
 # --------------------------------------------------------------------------- BatchNorm folding
 
 
@@ -30,8 +29,17 @@ def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(mean)
     scale = gamma / torch.sqrt(var + bn.eps)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    )
     with torch.no_grad():
         fused.weight.copy_((w * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
         fused.bias.copy_(((bias - mean) * scale + beta).to(conv.weight.dtype))
@@ -50,8 +58,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if isinstance(module, Conv) and module.bn_prelu is not None and isinstance(module.bn_prelu.bn, nn.BatchNorm2d):
             module.conv = _fold_conv_bn(module.conv, module.bn_prelu.bn)
             module.bn_prelu.bn = nn.Identity()
-        elif (isinstance(module, DownSamplingBlock) and not module.widen
-              and module.conv3x3.bn_prelu is None and isinstance(module.bn_prelu.bn, nn.BatchNorm2d)):
+        elif (
+            isinstance(module, DownSamplingBlock)
+            and not module.widen
+            and module.conv3x3.bn_prelu is None
+            and isinstance(module.bn_prelu.bn, nn.BatchNorm2d)
+        ):
             module.conv3x3.conv = _fold_conv_bn(module.conv3x3.conv, module.bn_prelu.bn)
             module.bn_prelu.bn = nn.Identity()
     return folded
@@ -70,9 +82,16 @@ def _bn_prelu_by_part(block: BNPReLU, parts: list[torch.Tensor]) -> torch.Tensor
         sl = slice(start, start + part.shape[1])
         start += part.shape[1]
         if isinstance(bn, nn.BatchNorm2d):
-            part = F.batch_norm(part, bn.running_mean[sl], bn.running_var[sl],
-                                bn.weight[sl] if bn.weight is not None else None,
-                                bn.bias[sl] if bn.bias is not None else None, False, 0.0, bn.eps)
+            part = F.batch_norm(
+                part,
+                bn.running_mean[sl],
+                bn.running_var[sl],
+                bn.weight[sl] if bn.weight is not None else None,
+                bn.bias[sl] if bn.bias is not None else None,
+                False,
+                0.0,
+                bn.eps,
+            )
         outs.append(F.prelu(part, act.weight if act.weight.numel() == 1 else act.weight[sl]))
     return torch.cat(outs, 1)
 
@@ -104,9 +123,9 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if H % h or W % w:
         return F.interpolate(x, size, mode="bilinear", align_corners=False)
     x = x.contiguous()
-    if W != w:
+    if w != W:
         x = _upsample_axis(x, W // w, 3)
-    if H != h:
+    if h != H:
         x = _upsample_axis(x, H // h, 2)
     return x
 

@@ -39,8 +39,9 @@ import copy
 import io
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,8 +49,16 @@ from torch import nn
 from ..errors import DabnetError, first_line
 from .inference_rewrites import InferenceForward, count_batchnorms, fold_batchnorm
 
-VARIANTS: tuple[str, ...] = ("eager", "channels_last", "folded", "compiled", "onnxruntime", "openvino", "int8",
-                             "openvino_int8")
+VARIANTS: tuple[str, ...] = (
+    "eager",
+    "channels_last",
+    "folded",
+    "compiled",
+    "onnxruntime",
+    "openvino",
+    "int8",
+    "openvino_int8",
+)
 INT8_VARIANTS: tuple[str, ...] = ("int8", "openvino_int8")  # checked by label agreement, need calibration
 FP32_TOLERANCE = 1e-3  # max relative logit difference allowed for fp32 variants
 INT8_MIN_AGREEMENT = 90.0  # % of pixels whose predicted label must match eager for "ok"
@@ -94,12 +103,15 @@ def label_agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 def _fp32_parity(ref: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
     if out.shape != ref.shape:
-        return {"metric": "shape", "value": None, "ok": False,
-                "text": f"FAIL shape {tuple(out.shape)} vs eager {tuple(ref.shape)}"}
+        return {
+            "metric": "shape",
+            "value": None,
+            "ok": False,
+            "text": f"FAIL shape {tuple(out.shape)} vs eager {tuple(ref.shape)}",
+        }
     rel = relative_difference(ref, out)
     ok = rel <= FP32_TOLERANCE
-    return {"metric": "max_rel_diff", "value": rel, "ok": ok,
-            "text": f"{'ok' if ok else 'FAIL'} rel {rel:.1e}"}
+    return {"metric": "max_rel_diff", "value": rel, "ok": ok, "text": f"{'ok' if ok else 'FAIL'} rel {rel:.1e}"}
 
 
 # --------------------------------------------------------------------------- builders
@@ -109,6 +121,7 @@ def _no_grad_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.T
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return fn(images)
+
     return run
 
 
@@ -116,6 +129,7 @@ def _channels_last_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return module(images.contiguous(memory_format=torch.channels_last))
+
     return run
 
 
@@ -138,14 +152,14 @@ def _compiled_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         # no_grad (not inference_mode): Inductor freezing lifts parameters to constants under no_grad.
         with torch.no_grad(), _inductor_options():
             return compiled(images)
+
     return run
 
 
 def _build_compiled(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     module = InferenceForward(fold_batchnorm(model).to(memory_format=torch.channels_last))
     # NCHW input: the compiled graph converts it itself as fast as a separate .contiguous() call would.
-    return (_compiled_fn(module),
-            "folded + channels_last weights + InferenceForward + inductor freezing, C++ wrapper")
+    return (_compiled_fn(module), "folded + channels_last weights + InferenceForward + inductor freezing, C++ wrapper")
 
 
 def onnx_bytes(model: nn.Module, example_input: torch.Tensor, dynamic: bool = True) -> bytes:
@@ -159,9 +173,16 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor, dynamic: bool = Tr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about the shape checks in forward
-            torch.onnx.export(model.eval(), (example_input,), buf, dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["image"], output_names=["logits"],
-                              dynamic_axes=axes if dynamic else None)
+            torch.onnx.export(
+                model.eval(),
+                (example_input,),
+                buf,
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes=axes if dynamic else None,
+            )
     except Exception as exc:  # exporter missing an op, onnx package missing, ...
         raise VariantError(f"ONNX export failed: {type(exc).__name__}: {first_line(exc, 200)}") from exc
     return buf.getvalue()
@@ -189,6 +210,7 @@ def ort_fn(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(images: torch.Tensor) -> torch.Tensor:
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(session.run(None, {name: array})[0])
+
     return run
 
 
@@ -216,8 +238,7 @@ def openvino_model(model: nn.Module, example_input: torch.Tensor, dynamic: bool 
             warnings.simplefilter("ignore")  # tracer warnings about the shape checks in forward
             return ov.convert_model(model.eval(), example_input=example_input, input=[ov.PartialShape(shape)])
     except Exception as exc:
-        raise VariantError(f"OpenVINO conversion failed: {type(exc).__name__}: {first_line(exc, 200)}") \
-            from exc
+        raise VariantError(f"OpenVINO conversion failed: {type(exc).__name__}: {first_line(exc, 200)}") from exc
 
 
 def openvino_fn(ov_model: Any, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -231,6 +252,7 @@ def openvino_fn(ov_model: Any, threads: int) -> Callable[[torch.Tensor], torch.T
     def run(images: torch.Tensor) -> torch.Tensor:
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(request.infer([array])[output].copy())
+
     return run
 
 
@@ -239,8 +261,9 @@ def _build_openvino(model: nn.Module, example: torch.Tensor, threads: int) -> tu
     return _fixed_shape(fn, tuple(example.shape), "openvino"), f"f32 precision hint, latency hint, {threads} threads"
 
 
-def _build_openvino_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor],
-                         threads: int) -> tuple[Callable, str]:
+def _build_openvino_int8(
+    model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor], threads: int
+) -> tuple[Callable, str]:
     """NNCF post-training quantisation of the OpenVINO model, calibrated on ``calibration``."""
     import logging
 
@@ -255,8 +278,9 @@ def _build_openvino_int8(model: nn.Module, example: torch.Tensor, calibration: S
     nncf.set_log_level(logging.ERROR)
     quantized = nncf.quantize(openvino_model(model, example), nncf.Dataset(items), subset_size=len(items))
     fn = openvino_fn(quantized, threads)
-    return _fixed_shape(fn, shape, "openvino_int8"), (f"NNCF post-training quantisation, {len(items)} calibration "
-                                                      f"image(s), f32 elsewhere, {threads} threads")
+    return _fixed_shape(fn, shape, "openvino_int8"), (
+        f"NNCF post-training quantisation, {len(items)} calibration image(s), f32 elsewhere, {threads} threads"
+    )
 
 
 def _torchao_pt2e() -> tuple[Any, Any, Any, Any]:
@@ -285,8 +309,11 @@ def _torchao_pt2e() -> tuple[Any, Any, Any, Any]:
 
 def depthwise_conv_names(model: nn.Module) -> list[str]:
     """Qualified names of the depth-wise convolutions (``groups == in_channels > 1``) in ``model``."""
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    ]
 
 
 def _check_calibration(calibration: Sequence[torch.Tensor], shape: tuple[int, ...]) -> None:
@@ -303,19 +330,25 @@ def _calibration_inputs(calibration: Sequence[torch.Tensor], shape: tuple[int, .
             yield batch[i : i + 1].expand(shape).contiguous()
 
 
-def _fixed_shape(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
-                 variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _fixed_shape(
+    fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], variant: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``fn`` refusing inputs of another shape than the one it was built for, with a clear message."""
+
     def run(images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape) != shape:
-            raise VariantError(f"{variant} variant was built for input {shape}, got {tuple(images.shape)}: "
-                               "rebuild it with an example_input of that shape")
+            raise VariantError(
+                f"{variant} variant was built for input {shape}, got {tuple(images.shape)}: "
+                "rebuild it with an example_input of that shape"
+            )
         return fn(images)
+
     return run
 
 
-def _build_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor],
-                keep_fp32: Sequence[str] | None = None) -> tuple[Callable, str]:
+def _build_int8(
+    model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor], keep_fp32: Sequence[str] | None = None
+) -> tuple[Callable, str]:
     """PT2E int8 of ``InferenceForward(model)``; modules named in ``keep_fp32`` (default: the
     depth-wise convolutions) are left unquantised."""
     prepare_pt2e, convert_pt2e, Quantizer, default_config = _torchao_pt2e()
@@ -339,12 +372,19 @@ def _build_int8(model: nn.Module, example: torch.Tensor, calibration: Sequence[t
             prepared(image)
     converted = convert_pt2e(prepared)
     n = sum(b.shape[0] for b in calibration)
-    return _fixed_shape(_compiled_fn(converted), shape, "int8"), (f"PT2E X86InductorQuantizer, {n} calibration image(s), {len(keep_fp32)} conv(s) kept fp32, "
-                 "InferenceForward + inductor freezing, C++ wrapper")
+    return _fixed_shape(_compiled_fn(converted), shape, "int8"), (
+        f"PT2E X86InductorQuantizer, {n} calibration image(s), {len(keep_fp32)} conv(s) kept fp32, "
+        "InferenceForward + inductor freezing, C++ wrapper"
+    )
 
 
-def _build(model: nn.Module, variant: str, example_input: torch.Tensor,
-           calibration: Sequence[torch.Tensor] | None, threads: int) -> tuple[Callable, str]:
+def _build(
+    model: nn.Module,
+    variant: str,
+    example_input: torch.Tensor,
+    calibration: Sequence[torch.Tensor] | None,
+    threads: int,
+) -> tuple[Callable, str]:
     """(callable, notes) for ``variant``; no checks, no first call."""
     if variant == "eager":
         return _no_grad_fn(model), ""
@@ -352,8 +392,9 @@ def _build(model: nn.Module, variant: str, example_input: torch.Tensor,
         return _channels_last_fn(copy.deepcopy(model).to(memory_format=torch.channels_last)), ""
     if variant == "folded":
         folded = fold_batchnorm(model)
-        return _no_grad_fn(folded), f"{count_batchnorms(model) - count_batchnorms(folded)} BN folded, " \
-                                    f"{count_batchnorms(folded)} left"
+        return _no_grad_fn(
+            folded
+        ), f"{count_batchnorms(model) - count_batchnorms(folded)} BN folded, {count_batchnorms(folded)} left"
     if variant == "compiled":
         return _build_compiled(model)
     if variant == "onnxruntime":
@@ -406,8 +447,12 @@ def optimize(
         agree = [label_agreement(eager(x), fn(x)) for x in inputs]
         value = sum(agree) / len(agree)
         ok = value >= INT8_MIN_AGREEMENT
-        parity = {"metric": "label_agreement_pct", "value": value, "ok": ok,
-                  "text": f"{'ok' if ok else 'LOW'} labels {value:.1f}% agree"}
+        parity = {
+            "metric": "label_agreement_pct",
+            "value": value,
+            "ok": ok,
+            "text": f"{'ok' if ok else 'LOW'} labels {value:.1f}% agree",
+        }
     else:
         parity = _fp32_parity(eager(example_input), out)
     return Optimized(variant, fn, build_s, parity, notes)
@@ -416,7 +461,7 @@ def optimize(
 def _batches_like(inputs: Sequence[torch.Tensor], shape: torch.Size) -> list[torch.Tensor]:
     """Regroup image batches ``inputs`` (n_i, 3, H, W) into batches of ``shape`` (the int8 variants'
     fixed input shape): all images in order, cycled when there are fewer than one batch."""
-    images = torch.cat([x for x in inputs], dim=0)
+    images = torch.cat(list(inputs), dim=0)
     n = shape[0]
     if images.shape[0] < n:
         images = images.repeat(-(-n // images.shape[0]), 1, 1, 1)

@@ -16,8 +16,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ from torch import nn
 
 from ..atomic_files import write_bytes_atomic
 from ..errors import DabnetError
+from ..machine import cpu_label
+from ..model.dabnet import count_parameters
 from .inference_variants import (
     FP32_TOLERANCE,
     INT8_VARIANTS,
@@ -39,8 +42,6 @@ from .inference_variants import (
     ort_session,
     relative_difference,
 )
-from ..model.dabnet import count_parameters
-from ..machine import cpu_label
 
 #: Which unit the paper's tables use for FLOPs: neither the paper (Li & Kim, BMVC 2019) nor the official
 #: release's README gives a FLOP figure for DABNet, so we cannot tell.
@@ -51,15 +52,36 @@ PAPER_FLOP_UNIT = "not stated in our sources"
 #: and the variants whose val mIoU is compared with eager (:mod:`dabnet_lib.deploy.variant_accuracy`) on the
 #: first ``accuracy_limit`` val images (None: all).
 FPS_GRID: dict[str, dict[str, Any]] = {
-    "smoke": {"variants": ["eager", "channels_last", "folded", "onnxruntime"], "sizes": [(64, 96)],
-              "batches": [1], "iters": 3, "warmup": 1, "calibration": 2,
-              "accuracy_variants": ["folded"], "accuracy_limit": 2},
-    "cpu": {"variants": "all", "sizes": [(360, 480), (512, 1024)], "batches": [1, 4],
-            "iters": 6, "warmup": 1, "calibration": 8, "accuracy_variants": ["folded", "int8"],
-            "accuracy_limit": None},
-    "paper": {"variants": "all", "sizes": [(360, 480), (512, 1024), (1024, 2048)], "batches": [1, 4],
-              "iters": 30, "warmup": 5, "calibration": 32, "accuracy_variants": ["folded", "int8"],
-              "accuracy_limit": None},
+    "smoke": {
+        "variants": ["eager", "channels_last", "folded", "onnxruntime"],
+        "sizes": [(64, 96)],
+        "batches": [1],
+        "iters": 3,
+        "warmup": 1,
+        "calibration": 2,
+        "accuracy_variants": ["folded"],
+        "accuracy_limit": 2,
+    },
+    "cpu": {
+        "variants": "all",
+        "sizes": [(360, 480), (512, 1024)],
+        "batches": [1, 4],
+        "iters": 6,
+        "warmup": 1,
+        "calibration": 8,
+        "accuracy_variants": ["folded", "int8"],
+        "accuracy_limit": None,
+    },
+    "paper": {
+        "variants": "all",
+        "sizes": [(360, 480), (512, 1024), (1024, 2048)],
+        "batches": [1, 4],
+        "iters": 30,
+        "warmup": 5,
+        "calibration": 32,
+        "accuracy_variants": ["folded", "int8"],
+        "accuracy_limit": None,
+    },
 }
 
 
@@ -230,7 +252,7 @@ def parse_variants(spec: str | Sequence[str]) -> list[str]:
         return list(VARIANTS)
     out: list[str] = []
     for name in names:
-        for v in (VARIANTS if name == "all" else [name]):
+        for v in VARIANTS if name == "all" else [name]:
             if v not in out:
                 out.append(v)
     return out
@@ -268,8 +290,9 @@ def benchmark(
     if torch.device(device).type != "cpu":
         from .gpu_timing import benchmark_on_device
 
-        return benchmark_on_device(model, input_size, variants, batch=batch, device=device, warmup=warmup,
-                                   iters=iters, rounds=rounds, log=log)
+        return benchmark_on_device(
+            model, input_size, variants, batch=batch, device=device, warmup=warmup, iters=iters, rounds=rounds, log=log
+        )
     log = log or (lambda _msg: None)
     names = parse_variants(variants)
     if "eager" not in names:
@@ -279,28 +302,56 @@ def benchmark(
         torch.set_num_threads(threads)
     try:
         example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
-        context = {"device": device_name("cpu"), "threads": torch.get_num_threads(), "batch": batch,
-                   "resolution": f"{input_size[0]}x{input_size[1]}", "torch": torch.__version__,
-                   "load_avg_start": load_average()}
+        context = {
+            "device": device_name("cpu"),
+            "threads": torch.get_num_threads(),
+            "batch": batch,
+            "resolution": f"{input_size[0]}x{input_size[1]}",
+            "torch": torch.__version__,
+            "load_avg_start": load_average(),
+        }
         built: dict[str, Any] = {}
         rows: dict[str, dict[str, Any]] = {}
         for name in names:
-            row = {"variant": name, "status": "ok", "ms": None, "p90_ms": None, "fps": None, "speedup": None,
-                   "parity": "", "parity_ok": None, "parity_value": None, "build_s": None, "notes": "",
-                   "error": None, **context}
+            row = {
+                "variant": name,
+                "status": "ok",
+                "ms": None,
+                "p90_ms": None,
+                "fps": None,
+                "speedup": None,
+                "parity": "",
+                "parity_ok": None,
+                "parity_value": None,
+                "build_s": None,
+                "notes": "",
+                "error": None,
+                **context,
+            }
             rows[name] = row
             log(f"building {name} ...")
             try:
                 if name in INT8_VARIANTS and not calibration:
                     raise VariantError(calibration_error or "no calibration images given")
-                opt = optimize(model, name, example_input=example, calibration=calibration,
-                               threads=torch.get_num_threads(), check_inputs=check_inputs)
+                opt = optimize(
+                    model,
+                    name,
+                    example_input=example,
+                    calibration=calibration,
+                    threads=torch.get_num_threads(),
+                    check_inputs=check_inputs,
+                )
             except VariantError as exc:
                 row.update(status="error", error=str(exc))
                 continue
             built[name] = opt
-            row.update(parity=opt.parity.get("text", ""), parity_ok=opt.parity.get("ok"),
-                       parity_value=opt.parity.get("value"), build_s=round(opt.build_s, 2), notes=opt.notes)
+            row.update(
+                parity=opt.parity.get("text", ""),
+                parity_ok=opt.parity.get("ok"),
+                parity_value=opt.parity.get("value"),
+                build_s=round(opt.build_s, 2),
+                notes=opt.notes,
+            )
         times: dict[str, list[float]] = {name: [] for name in built}
         per_round = max(1, math.ceil(iters / max(1, rounds)))
         for name, opt in built.items():
@@ -317,8 +368,9 @@ def benchmark(
         eager_ms = None
         for name in built:
             stats = summarize(times[name], example, context["device"])
-            rows[name].update(ms=round(stats["median_ms"], 2), p90_ms=round(stats["p90_ms"], 2),
-                              fps=round(stats["fps"], 2))
+            rows[name].update(
+                ms=round(stats["median_ms"], 2), p90_ms=round(stats["p90_ms"], 2), fps=round(stats["fps"], 2)
+            )
             if name == "eager":
                 eager_ms = stats["median_ms"]
         for row in rows.values():
@@ -331,8 +383,9 @@ def benchmark(
         torch.set_num_threads(previous_threads)
 
 
-def describe(model: nn.Module, input_size: tuple[int, int], rows: Sequence[dict[str, Any]],
-             weights: str = "") -> dict[str, Any]:
+def describe(
+    model: nn.Module, input_size: tuple[int, int], rows: Sequence[dict[str, Any]], weights: str = ""
+) -> dict[str, Any]:
     """Context for a benchmark table: ``params``, ``gflops``, ``gmacs`` and printable ``lines``
     (model size and cost, device, threads, batch, torch, load average before -> after, weights)."""
     cost = flops(model, input_size)
@@ -368,7 +421,8 @@ def _ratio_line(label: str, ours: dict[str, Any] | None, theirs: dict[str, Any] 
         return f"{head}: not measured (variant not run or failed)"
     got = theirs["ms"] / ours["ms"]
     verdict = "met" if got >= target else f"NOT met, {100 * (1 - got / target):.1f}% short"
-    return f"{head}: {ours['variant']} {ours['ms']:.1f} ms vs {theirs['variant']} {theirs['ms']:.1f} ms = {got:.2f}x, {verdict}"
+    measured = f"{ours['variant']} {ours['ms']:.1f} ms vs {theirs['variant']} {theirs['ms']:.1f} ms"
+    return f"{head}: {measured} = {got:.2f}x, {verdict}"
 
 
 def fp32_flops_per_cycle(flags: set[str]) -> int:
@@ -393,15 +447,23 @@ def cpu_fp32_peak(threads: int) -> dict[str, Any] | None:
     flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
     ghz, source = None, "cpu MHz in /proc/cpuinfo"
     try:
-        ghz, source = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6, "cpufreq max"
+        ghz, source = (
+            int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6,
+            "cpufreq max",
+        )
     except (OSError, ValueError):
         mhz = [float(ln.split(":", 1)[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")]
         ghz = max(mhz) / 1e3 if mhz else None
     if not ghz:
         return None
     per_cycle = fp32_flops_per_cycle(flags)
-    return {"gflops": threads * ghz * per_cycle, "threads": threads, "ghz": ghz, "flops_per_cycle": per_cycle,
-            "clock_source": source}
+    return {
+        "gflops": threads * ghz * per_cycle,
+        "threads": threads,
+        "ghz": ghz,
+        "flops_per_cycle": per_cycle,
+        "clock_source": source,
+    }
 
 
 def peak_fraction_line(rows: Sequence[dict[str, Any]], gflops_per_image: float) -> str:
@@ -415,9 +477,12 @@ def peak_fraction_line(rows: Sequence[dict[str, Any]], gflops_per_image: float) 
     achieved = gflops_per_image * best["batch"] * 1000.0 / best["ms"]
     if peak is None:
         return f"fp32 peak fraction: {best['variant']} reaches {achieved:.1f} GFLOP/s; CPU peak unknown here"
-    return (f"fp32 peak fraction: {best['variant']} reaches {achieved:.1f} GFLOP/s = {100 * achieved / peak['gflops']:.1f}% "
-            f"of {peak['gflops']:.0f} GFLOP/s peak ({peak['threads']} threads counted as cores x {peak['ghz']:.2f} GHz "
-            f"({peak['clock_source']}) x {peak['flops_per_cycle']} fp32 FLOP/cycle, assuming 2 FMA units)")
+    return (
+        f"fp32 peak fraction: {best['variant']} reaches {achieved:.1f} GFLOP/s "
+        f"= {100 * achieved / peak['gflops']:.1f}% "
+        f"of {peak['gflops']:.0f} GFLOP/s peak ({peak['threads']} threads counted as cores x {peak['ghz']:.2f} GHz "
+        f"({peak['clock_source']}) x {peak['flops_per_cycle']} fp32 FLOP/cycle, assuming 2 FMA units)"
+    )
 
 
 def target_verdicts(rows: Sequence[dict[str, Any]], gflops_per_image: float | None = None) -> list[str]:
@@ -428,8 +493,10 @@ def target_verdicts(rows: Sequence[dict[str, Any]], gflops_per_image: float | No
     ok = {r["variant"]: r for r in rows if r.get("status") == "ok" and r.get("speedup") is not None}
     lines = []
     fp32 = [ok[v] for v in FP32_VARIANTS if v in ok]
-    checks = [("best fp32 variant", max(fp32, key=lambda r: r["speedup"]) if fp32 else None, FP32_SPEEDUP_TARGET),
-              ("int8", ok.get("int8"), INT8_SPEEDUP_TARGET)]
+    checks = [
+        ("best fp32 variant", max(fp32, key=lambda r: r["speedup"]) if fp32 else None, FP32_SPEEDUP_TARGET),
+        ("int8", ok.get("int8"), INT8_SPEEDUP_TARGET),
+    ]
     for label, row, target in checks:
         if row is None:
             lines.append(f"target {label} >= {target:.1f}x eager: not measured (variant not run)")
@@ -440,9 +507,12 @@ def target_verdicts(rows: Sequence[dict[str, Any]], gflops_per_image: float | No
     timed = {name: row for name, row in ok.items() if row.get("ms")}
     ours = [timed[v] for v in OUR_FP32_VARIANTS if v in timed]
     best_ours = min(ours, key=lambda r: r["ms"]) if ours else None
-    lines.append(_ratio_line("our best fp32 vs OpenVINO fp32", best_ours, timed.get("openvino"), VS_OPENVINO_FP32_TARGET))
-    lines.append(_ratio_line("our int8 vs OpenVINO int8", timed.get("int8"), timed.get("openvino_int8"),
-                             VS_OPENVINO_INT8_TARGET))
+    lines.append(
+        _ratio_line("our best fp32 vs OpenVINO fp32", best_ours, timed.get("openvino"), VS_OPENVINO_FP32_TARGET)
+    )
+    lines.append(
+        _ratio_line("our int8 vs OpenVINO int8", timed.get("int8"), timed.get("openvino_int8"), VS_OPENVINO_INT8_TARGET)
+    )
     if gflops_per_image is not None:
         lines.append(peak_fraction_line(rows, gflops_per_image))
     return lines
@@ -458,10 +528,22 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             reason = r["error"] if r["status"] == "cpu only" else f"error: {r['error']}"
             table.append([r["variant"], "-", "-", "-", "-", reason, "-"])
             continue
-        table.append([r["variant"], f"{r['ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['fps']:.1f}",
-                      f"{r['speedup']:.2f}x", r["parity"], f"{r['build_s']:.1f}"])
-    return tabulate(table, headers=["variant", "ms (median)", "p90 ms", "FPS", "vs eager", "check", "build s"],
-                    disable_numparse=True)
+        table.append(
+            [
+                r["variant"],
+                f"{r['ms']:.1f}",
+                f"{r['p90_ms']:.1f}",
+                f"{r['fps']:.1f}",
+                f"{r['speedup']:.2f}x",
+                r["parity"],
+                f"{r['build_s']:.1f}",
+            ]
+        )
+    return tabulate(
+        table,
+        headers=["variant", "ms (median)", "p90 ms", "FPS", "vs eager", "check", "build s"],
+        disable_numparse=True,
+    )
 
 
 # --------------------------------------------------------------------------- ONNX export
@@ -493,11 +575,18 @@ def export_onnx(
     with torch.inference_mode():
         rel = relative_difference(model(example), run(example))
     if not rel <= FP32_TOLERANCE:
-        raise VariantError(f"export: onnxruntime logits differ from PyTorch by {rel:.2e} (relative) > "
-                           f"{FP32_TOLERANCE}: file not written")
+        raise VariantError(
+            f"export: onnxruntime logits differ from PyTorch by {rel:.2e} (relative) > "
+            f"{FP32_TOLERANCE}: file not written"
+        )
     write_bytes_atomic(out, data)
-    return {"path": str(out), "bytes": len(data), "max_rel_diff": rel, "opset": ONNX_OPSET,
-            "input_size": tuple(input_size)}
+    return {
+        "path": str(out),
+        "bytes": len(data),
+        "max_rel_diff": rel,
+        "opset": ONNX_OPSET,
+        "input_size": tuple(input_size),
+    }
 
 
 # --------------------------------------------------------------------------- OpenVINO export
@@ -533,10 +622,17 @@ def export_openvino(
         with torch.inference_mode():
             rel = relative_difference(model(example), run(example))
         if not rel <= FP32_TOLERANCE:
-            raise VariantError(f"export: OpenVINO logits differ from PyTorch by {rel:.2e} (relative) > "
-                               f"{FP32_TOLERANCE}: files not written")
+            raise VariantError(
+                f"export: OpenVINO logits differ from PyTorch by {rel:.2e} (relative) > "
+                f"{FP32_TOLERANCE}: files not written"
+            )
         data = {suffix: xml.with_suffix(suffix).read_bytes() for suffix in (".bin", ".xml")}
     for suffix, blob in data.items():  # .bin first: an .xml on disk always has its weights
         write_bytes_atomic(out.with_suffix(suffix), blob)
-    return {"path": str(out), "bin_path": str(out.with_suffix(".bin")), "bytes": sum(map(len, data.values())),
-            "max_rel_diff": rel, "input_size": tuple(input_size)}
+    return {
+        "path": str(out),
+        "bin_path": str(out.with_suffix(".bin")),
+        "bytes": sum(map(len, data.values())),
+        "max_rel_diff": rel,
+        "input_size": tuple(input_size),
+    }

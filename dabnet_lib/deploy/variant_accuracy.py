@@ -9,15 +9,16 @@ trained checkpoint"; :func:`variant_miou` measures exactly that for any variant 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.datasets import build_dataset
+from ..model.dabnet import build_from_checkpoint
 from ..training.validation import evaluate
 from .inference_variants import optimize
-from ..model.dabnet import build_from_checkpoint
 from .profiling import calibration_images
 
 #: The int8 target: largest acceptable mIoU drop (points) against eager.
@@ -60,26 +61,57 @@ def variant_miou(
     if input_size is None:
         image, _ = dataset.load(0)
         input_size = (int(image.shape[0]), int(image.shape[1]))
-    calibration = calibration_images(data_root, input_size, count=calibration_count, split="train", mean=mean,
-                                     dataset=dataset.info.name)
+    calibration = calibration_images(
+        data_root, input_size, count=calibration_count, split="train", mean=mean, dataset=dataset.info.name
+    )
     example = calibration[0]
     rows: list[dict[str, Any]] = []
     eager = evaluate(model, dataset, device="cpu", progress=False, mean=mean, std=std, limit=limit)
     base = 100 * eager["miou"]
-    rows.append({"variant": "eager", "miou": round(base, 2), "drop": 0.0, "images": eager["images"],
-                 "split": split, "build_s": None, "parity": "", "error": None})
+    rows.append(
+        {
+            "variant": "eager",
+            "miou": round(base, 2),
+            "drop": 0.0,
+            "images": eager["images"],
+            "split": split,
+            "build_s": None,
+            "parity": "",
+            "error": None,
+        }
+    )
     for name in variants:
-        row: dict[str, Any] = {"variant": name, "miou": None, "drop": None, "images": None, "split": split,
-                               "build_s": None, "parity": "", "error": None}
+        row: dict[str, Any] = {
+            "variant": name,
+            "miou": None,
+            "drop": None,
+            "images": None,
+            "split": split,
+            "build_s": None,
+            "parity": "",
+            "error": None,
+        }
         rows.append(row)
         try:
             built = optimize(model, name, example_input=example, calibration=calibration)
         except Exception as exc:  # noqa: BLE001  (VariantError and anything a backend raises: one row)
             row["error"] = str(exc)
             continue
-        result = evaluate(_AsModule(built, dataset.info.num_classes), dataset, device="cpu", progress=False,
-                          mean=mean, std=std, limit=limit)
+        result = evaluate(
+            _AsModule(built, dataset.info.num_classes),
+            dataset,
+            device="cpu",
+            progress=False,
+            mean=mean,
+            std=std,
+            limit=limit,
+        )
         score = 100 * result["miou"]
-        row.update(miou=round(score, 2), drop=round(base - score, 2), images=result["images"],
-                   build_s=round(built.build_s, 1), parity=built.parity.get("text", ""))
+        row.update(
+            miou=round(score, 2),
+            drop=round(base - score, 2),
+            images=result["images"],
+            build_s=round(built.build_s, 1),
+            parity=built.parity.get("text", ""),
+        )
     return rows

@@ -16,10 +16,10 @@ import torch
 
 from ..data.datasets import SegmentationDataset, build_dataset
 from ..errors import CheckpointError
-from ..paths import default_data_root
-from .inference import checkpoint_info, checkpoint_normalization
 from ..model.dabnet import build_from_checkpoint
+from ..paths import default_data_root
 from ..training.validation import evaluate
+from .inference import checkpoint_info, checkpoint_normalization
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 SELECTION_NOTE = (
@@ -58,10 +58,22 @@ def evaluate_checkpoint(
         root = Path(data_root) if data_root is not None else default_data_root(info.name)
         data = build_dataset(info.name, root, split)
     elif data.info.num_classes != model.num_classes:
-        raise CheckpointError(f"checkpoint {path}: {model.num_classes} classes, dataset {data.info.name} has {data.info.num_classes}")
+        raise CheckpointError(
+            f"checkpoint {path}: {model.num_classes} classes, dataset {data.info.name} has {data.info.num_classes}"
+        )
     mean, std, source = checkpoint_normalization(ckpt, info)
-    result = evaluate(model, data, device=device, batch_size=batch_size, progress=progress, scale=scale,
-                      num_workers=num_workers, mean=mean, std=std, limit=limit)
+    result = evaluate(
+        model,
+        data,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+        scale=scale,
+        num_workers=num_workers,
+        mean=mean,
+        std=std,
+        limit=limit,
+    )
     result.update(checkpoint=str(path), epoch=ckpt.get("epoch"), normalization=source)
     return result
 
@@ -106,19 +118,37 @@ def best_of_last(
     if len(chosen) > 1 and limit is None and len(data) * h * w * 4 <= _CACHE_LIMIT:
         data.cache_in_memory(progress=progress)  # decode once, evaluate k times
     results = [
-        evaluate_checkpoint(path, split=split, dataset=info.name, device=device, batch_size=batch_size,
-                            progress=progress, scale=scale, num_workers=num_workers, limit=limit, data=data)
+        evaluate_checkpoint(
+            path,
+            split=split,
+            dataset=info.name,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            scale=scale,
+            num_workers=num_workers,
+            limit=limit,
+            data=data,
+        )
         for _epoch, path in chosen
     ]
     candidates = [
-        {"checkpoint": r["checkpoint"], "epoch": e, "miou": r["miou"], "official_miou": r["official_miou"],
-         "pixel_accuracy": r["pixel_accuracy"]}
-        for (e, _), r in zip(chosen, results)
+        {
+            "checkpoint": r["checkpoint"],
+            "epoch": e,
+            "miou": r["miou"],
+            "official_miou": r["official_miou"],
+            "pixel_accuracy": r["pixel_accuracy"],
+        }
+        for (e, _), r in zip(chosen, results, strict=True)
     ]
     best = max(range(len(results)), key=lambda i: -math.inf if math.isnan(results[i]["miou"]) else results[i]["miou"])
     out = dict(results[best])
-    out.update(candidates=candidates, best_epoch=chosen[best][0],
-               selection_note=SELECTION_NOTE.format(k=len(chosen), split=split))
+    out.update(
+        candidates=candidates,
+        best_epoch=chosen[best][0],
+        selection_note=SELECTION_NOTE.format(k=len(chosen), split=split),
+    )
     return out
 
 
@@ -142,17 +172,35 @@ def result_to_json(result: dict[str, Any]) -> dict[str, Any]:
         if key in ("iou", "iou_by_class"):
             continue
         if isinstance(value, np.ndarray):
-            out[key] = [[_num(v) for v in row] for row in value.tolist()] if value.ndim == 2 else [_num(v) for v in value.tolist()]
+            out[key] = (
+                [[_num(v) for v in row] for row in value.tolist()]
+                if value.ndim == 2
+                else [_num(v) for v in value.tolist()]
+            )
         elif isinstance(value, torch.Tensor):
             out[key] = value.tolist()
         elif isinstance(value, list):
-            out[key] = [{k: _num(v) for k, v in item.items()} if isinstance(item, dict) else _num(item) for item in value]
+            out[key] = [
+                {k: _num(v) for k, v in item.items()} if isinstance(item, dict) else _num(item) for item in value
+            ]
         else:
             out[key] = _num(value)
     out["iou"] = {name: _num(v) for name, v in result["iou_by_class"].items()}
     out["iou_list"] = [_num(v) for v in np.asarray(result["iou"], dtype=np.float64).tolist()]
-    first = ("miou", "official_miou", "pixel_accuracy", "mean_accuracy", "iou", "dataset", "split", "images",
-             "checkpoint", "epoch", "metric_share", "seconds")
+    first = (
+        "miou",
+        "official_miou",
+        "pixel_accuracy",
+        "mean_accuracy",
+        "iou",
+        "dataset",
+        "split",
+        "images",
+        "checkpoint",
+        "epoch",
+        "metric_share",
+        "seconds",
+    )
     ordered = {k: out[k] for k in first if k in out}
     ordered.update((k, v) for k, v in out.items() if k not in ordered and k != "confusion")
     ordered["confusion"] = out.get("confusion")
@@ -165,7 +213,10 @@ def format_result(result: dict[str, Any]) -> str:
 
     rows = [(name, "-" if math.isnan(v) else f"{100 * v:.2f}") for name, v in result["iou_by_class"].items()]
     lines = [tabulate(rows, headers=("class", "IoU %"), tablefmt="github"), ""]
-    pct = lambda v: "n/a" if v is None or math.isnan(v) else f"{100 * v:.2f}%"  # noqa: E731
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
     lines += [
         f"mIoU            {pct(result['miou'])}  (all classes present in ground truth or prediction)",
         f"official mIoU   {pct(result['official_miou'])}  (official code: drops classes with zero intersection)",
@@ -176,9 +227,11 @@ def format_result(result: dict[str, Any]) -> str:
         f"metric updates {100 * result['metric_share']:.2f}% of the time",
     ]
     if result.get("checkpoint"):
-        lines.append(f"checkpoint {result['checkpoint']} (epoch {result.get('epoch')}), normalisation: {result.get('normalization')}")
+        lines.append(
+            f"checkpoint {result['checkpoint']} (epoch {result.get('epoch')}), "
+            f"normalisation: {result.get('normalization')}"
+        )
     if result.get("candidates"):
-        lines.append("candidates: " + ", ".join(
-            f"epoch {c['epoch']}: {pct(c['miou'])}" for c in result["candidates"]))
+        lines.append("candidates: " + ", ".join(f"epoch {c['epoch']}: {pct(c['miou'])}" for c in result["candidates"]))
         lines.append(f"NOTE: {result['selection_note']}")
     return "\n".join(lines)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,13 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.colors import colorize, overlay
 from ..data.datasets import DATASETS, DatasetInfo, SegmentationDataset, get_info
-from ..errors import CheckpointError, DatasetError
+from ..data.transforms import EvalTransform
 from ..devices import resolve_device
+from ..errors import CheckpointError, DatasetError
 from ..model.dabnet import build_from_checkpoint
 from ..training.validation import class_argmax
-from ..data.transforms import EvalTransform
-from ..data.colors import colorize, overlay
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 WRITE_KINDS = ("label", "color", "overlay")
@@ -137,7 +138,7 @@ class Predictor:
         device: str | torch.device = "auto",
         scale: float = 1.0,
         dataset: str | None = None,
-    ) -> "Predictor":
+    ) -> Predictor:
         """A predictor for a checkpoint file, normalising as the checkpoint says (see module doc);
         ``.info`` is the checkpoint's dataset and ``.checkpoint`` the loaded dict (weights dropped)."""
         model, ckpt = build_from_checkpoint(path)
@@ -145,7 +146,9 @@ class Predictor:
         mean, std, _source = checkpoint_normalization(ckpt, info)
         pred = cls(model, mean, std, device=device, scale=scale)
         pred.info = info
-        pred.checkpoint = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+        pred.checkpoint = {
+            k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")
+        }
         return pred
 
     def _prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -159,7 +162,7 @@ class Predictor:
         sizes = {img.shape[:2] for img in images}
         if len(sizes) != 1:
             raise ValueError(f"predict_batch needs images of one size, got {sorted(sizes)}")
-        (h, w), = sizes
+        ((h, w),) = sizes
         x = torch.stack([self._prepare(img) for img in images]).to(self.device)
         logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
         if logits.shape[-2:] != (h, w):
@@ -263,7 +266,9 @@ def predict_folder(
                     written["overlay"].append(_emit(out / "overlay" / f"{name}.png", overlay(image, color, alpha)))
             done += 1
     except DatasetError as exc:
-        raise DatasetError(f"{exc} (stopped after {done} of {count} images; those outputs in {out} are complete)") from None
+        raise DatasetError(
+            f"{exc} (stopped after {done} of {count} images; those outputs in {out} are complete)"
+        ) from None
     return written
 
 
@@ -317,7 +322,9 @@ def export_cityscapes(
                 raise DatasetError(f"two inputs map to the same submission file {target.name}")
             pred = predictor.predict(image)
             if pred.max(initial=0) > 18:
-                raise DatasetError(f"prediction for {name} has class {int(pred.max())}: not a 19-class Cityscapes model")
+                raise DatasetError(
+                    f"prediction for {name} has class {int(pred.max())}: not a 19-class Cityscapes model"
+                )
             written.append(_emit(target, lut[pred]))
     except DatasetError as exc:
         raise DatasetError(f"{exc} (stopped after {len(written)} of {count} images)") from None

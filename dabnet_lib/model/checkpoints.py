@@ -21,8 +21,19 @@ from ..errors import CheckpointError
 from .dabnet import read_checkpoint
 
 #: Keys a checkpoint needs so that training can continue from it exactly.
-RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "recipe", "epoch", "iteration", "position",
-               "metrics", "elapsed_s")
+RESUME_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "recipe",
+    "epoch",
+    "iteration",
+    "position",
+    "metrics",
+    "elapsed_s",
+)
 
 
 def _save(path: Path, write: Any) -> Path:
@@ -40,6 +51,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
 
 def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     """Atomic copy of a checkpoint file (e.g. last.pt -> best.pt) without re-serialising it."""
+
     def write(f: Any) -> None:
         with open(src, "rb") as fin:
             shutil.copyfileobj(fin, f, 1 << 20)
@@ -49,13 +61,19 @@ def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
 
 # -- random number generators ---------------------------------------------------------------------
 
+
 def capture_rng() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states in a form ``weights_only`` loading accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -75,8 +93,23 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 #: What :func:`publish_weights` keeps: enough to evaluate, predict and report, not to resume.
-PUBLISH_KEYS = ("model", "num_classes", "model_config", "dataset", "mean", "std", "epoch", "iteration", "recipe",
-               "metrics", "elapsed_s", "val_seen", "world_size", "hardware", "training_choice")
+PUBLISH_KEYS = (
+    "model",
+    "num_classes",
+    "model_config",
+    "dataset",
+    "mean",
+    "std",
+    "epoch",
+    "iteration",
+    "recipe",
+    "metrics",
+    "elapsed_s",
+    "val_seen",
+    "world_size",
+    "hardware",
+    "training_choice",
+)
 
 
 def publish_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
@@ -87,6 +120,7 @@ def publish_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
 
 
 # -- reading --------------------------------------------------------------------------------------
+
 
 def load_for_resume(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a training checkpoint to resume from; CheckpointError naming the file when it is missing,
@@ -111,5 +145,7 @@ def check_resumable(ckpt: dict[str, Any], recipe: dict[str, Any], path: str | os
     old = ckpt["recipe"]
     for name in RESUME_FIXED:
         if old.get(name) != recipe[name]:
-            raise CheckpointError(f"checkpoint {path}: it was trained with {name}={old.get(name)!r}, the recipe has "
-                                  f"{recipe[name]!r}: resume with the same {name} or use a new --out folder")
+            raise CheckpointError(
+                f"checkpoint {path}: it was trained with {name}={old.get(name)!r}, the recipe has "
+                f"{recipe[name]!r}: resume with the same {name} or use a new --out folder"
+            )

@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ class DABNetConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DABNetConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> DABNetConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -278,9 +279,10 @@ def read_checkpoint(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise CheckpointError(f"checkpoint {name}: no such file")
     try:
-        obj = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source,
-                         map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle garbage, a text file, ...
+        obj = torch.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
+        )
+    except Exception as exc:  # noqa: BLE001  (torch.load raises anything on a truncated zip, pickle garbage, text)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {name}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
@@ -304,7 +306,7 @@ def extract_state_dict(obj: Mapping[str, Any], name: str = "<dict>") -> dict[str
     for key, value in sd.items():
         for prefix in ("module.", "_orig_mod."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -325,9 +327,7 @@ def _resolve(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[str, d
     return str(source), read_checkpoint(source)
 
 
-def load_weights(
-    model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any]
-) -> dict[str, Any]:
+def load_weights(model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
     """Load weights into ``model`` from a path or an already loaded dict; returns the checkpoint dict.
 
     Accepts this project's checkpoints, official ``{"epoch", "model"}`` files and bare state
@@ -346,6 +346,7 @@ def load_weights(
             f"{own[cls_key].shape[0]}: use a model built for the checkpoint's dataset"
         )
     if missing or unexpected:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 

@@ -32,8 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FastDepthwiseConv2d", "FastPReLU", "is_eligible", "uses_custom_backward", "use_fast_ops", "count_fast_ops",
-           "fast_ops_rule"]
+__all__ = [
+    "FastDepthwiseConv2d",
+    "FastPReLU",
+    "count_fast_ops",
+    "fast_ops_rule",
+    "is_eligible",
+    "use_fast_ops",
+    "uses_custom_backward",
+]
 
 
 def _tap_windows(size: int, offset: int) -> tuple[slice, slice]:
@@ -48,8 +55,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight_shape: torch.Size,
-                           padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+def _depthwise_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, weight_shape: torch.Size, padding: tuple[int, int], dilation: tuple[int, int]
+) -> torch.Tensor:
     """Weight gradient ``(C, 1, kh, kw)`` of a stride-1 depth-wise conv, one reduction per tap.
 
     grad, x: ``(N, C, H, W)`` (output gradient and input, same shape for "same" padding). Sums are
@@ -75,8 +83,14 @@ class _DilatedDepthwiseConv(torch.autograd.Function):
     """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` with the backward written out."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
         return F.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
@@ -105,8 +119,10 @@ def is_eligible(conv: nn.Module) -> bool:
         return False
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
-    return all(k % 2 == 1 and p == d * (k - 1) // 2
-               for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation))
+    return all(
+        k % 2 == 1 and p == d * (k - 1) // 2
+        for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation, strict=True)
+    )
 
 
 def uses_custom_backward(conv: nn.Conv2d) -> bool:
@@ -124,8 +140,13 @@ class FastDepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if (not needs_grad or x.device.type != "cpu" or not uses_custom_backward(self)
-                or torch.jit.is_tracing() or torch.jit.is_scripting()):
+        if (
+            not needs_grad
+            or x.device.type != "cpu"
+            or not uses_custom_backward(self)
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+        ):
             return super().forward(x)
         weight, bias = self.weight, self.bias
         if torch.is_autocast_enabled("cpu"):
@@ -196,8 +217,12 @@ def count_fast_ops(model: nn.Module) -> dict[str, int]:
     "eligible_stock": eligible convs and PReLUs not swapped}``."""
     fast = [m for m in model.modules() if type(m) is FastDepthwiseConv2d]
     stock = [m for m in model.modules() if (type(m) is nn.Conv2d and is_eligible(m)) or type(m) is nn.PReLU]
-    return {"fast": len(fast), "custom_backward": sum(uses_custom_backward(m) for m in fast),
-            "prelu": sum(type(m) is FastPReLU for m in model.modules()), "eligible_stock": len(stock)}
+    return {
+        "fast": len(fast),
+        "custom_backward": sum(uses_custom_backward(m) for m in fast),
+        "prelu": sum(type(m) is FastPReLU for m in model.modules()),
+        "eligible_stock": len(stock),
+    }
 
 
 def fast_ops_rule(device: str | torch.device = "cpu") -> bool:

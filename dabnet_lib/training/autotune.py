@@ -31,19 +31,20 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import first_line
 from ..atomic_files import write_bytes_atomic
-from ..model.fast_ops import use_fast_ops
+from ..devices import cuda_bf16_native
+from ..errors import first_line
 from ..machine import cpu_flags, cpu_name, has_bf16_units
 from ..model.dabnet import DABNet, DABNetConfig
-from ..devices import cuda_bf16_native
+from ..model.fast_ops import use_fast_ops
 from .step import GRAD_PROBE_TOLERANCE, bf16_channels_last_grad_error, train_step, training_layout
 
 #: A compiled candidate is timed only if its eager speed x this reaches the best eager speed.
@@ -69,7 +70,9 @@ class Candidate:
     def label(self) -> str:
         """e.g. ``bf16 NCHW compiled``."""
         precision = "fp32" if self.amp == "off" else self.amp
-        return f"{precision} {'channels_last' if self.channels_last else 'NCHW'} {'compiled' if self.compile else 'eager'}"
+        return (
+            f"{precision} {'channels_last' if self.channels_last else 'NCHW'} {'compiled' if self.compile else 'eager'}"
+        )
 
     def simplicity(self) -> tuple[bool, bool, bool]:
         """Sort key: lower is simpler (full precision, eager, NCHW first)."""
@@ -80,8 +83,8 @@ class Candidate:
 class TrainingChoice:
     """What a run trains with. ``source``: ``explicit`` (the recipe said it all), ``measured``,
     ``cache``, ``checkpoint`` (a resumed run keeps its choice), ``rule`` (one candidate left) or
-    ``cuda`` (nothing timed on GPUs). ``rows``: one dict per candidate considered (label, amp, channels_last, compile, status
-    ``ok``/``refused``/``skipped``/``failed``, images_per_s, reason, compile_s); ``probe_s``: seconds
+    ``cuda`` (nothing timed on GPUs). ``rows``: one dict per candidate considered (label, amp, channels_last,
+    compile, status ``ok``/``refused``/``skipped``/``failed``, images_per_s, reason, compile_s); ``probe_s``: seconds
     spent measuring (0 when nothing was timed)."""
 
     amp: str
@@ -104,19 +107,34 @@ class TrainingChoice:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> "TrainingChoice":
+    def from_dict(cls, d: Mapping[str, Any], source: str | None = None) -> TrainingChoice:
         amp, cl, comp = d["amp"], d["channels_last"], d["compile"]
         if amp not in ("off", "bf16", "fp16") or not isinstance(cl, bool) or not isinstance(comp, bool):
             raise ValueError(f"not a training choice: amp={amp!r}, channels_last={cl!r}, compile={comp!r}")
-        return cls(amp, cl, comp, source or str(d["source"]), tuple(dict(r) for r in d.get("rows", ())),
-                   float(d.get("probe_s", 0.0)), dict(d.get("key", {})), bool(d.get("fast_ops", False)))
+        return cls(
+            amp,
+            cl,
+            comp,
+            source or str(d["source"]),
+            tuple(dict(r) for r in d.get("rows", ())),
+            float(d.get("probe_s", 0.0)),
+            dict(d.get("key", {})),
+            bool(d.get("fast_ops", False)),
+        )
 
     def describe(self) -> list[str]:
         """Log lines: the choice and why, then one line per candidate."""
-        how = f"measured here in {self.probe_s:.0f} s" if self.source == "measured" else {
-            "cache": "measured on this machine before (cached)", "checkpoint": "kept from the resumed checkpoint",
-            "rule": "the only candidate left", "explicit": "set by the recipe",
-            "cuda": "CUDA rule: bf16 where the GPU has it natively, else fp16; channels_last; eager"}.get(self.source, self.source)
+        how = (
+            f"measured here in {self.probe_s:.0f} s"
+            if self.source == "measured"
+            else {
+                "cache": "measured on this machine before (cached)",
+                "checkpoint": "kept from the resumed checkpoint",
+                "rule": "the only candidate left",
+                "explicit": "set by the recipe",
+                "cuda": "CUDA rule: bf16 where the GPU has it natively, else fp16; channels_last; eager",
+            }.get(self.source, self.source)
+        )
         ops = ", fast CPU ops (dabnet_lib.model.fast_ops)" if self.fast_ops else ""
         head = f"training as {self.candidate.label}{ops} ({how})"
         lines = [head]
@@ -130,12 +148,14 @@ class TrainingChoice:
 
 # -- the candidate set -----------------------------------------------------------------------------
 
+
 def _options(value: Any, auto: tuple[Any, ...]) -> tuple[Any, ...]:
     return auto if value == "auto" else (value,)
 
 
-def candidate_space(amp: str, channels_last: bool | str, compile: bool | str, bf16_units: bool,
-                    grad_error: Callable[[], float]) -> tuple[list[Candidate], list[dict[str, Any]]]:
+def candidate_space(
+    amp: str, channels_last: bool | str, compile: bool | str, bf16_units: bool, grad_error: Callable[[], float]
+) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """The CPU candidates a recipe allows: ``(valid, refused_rows)``. ``grad_error()`` is called only
     when a bf16 channels_last candidate is possible. Explicit ``channels_last=True`` with bf16 and
     wrong gradients becomes NCHW (as :func:`~dabnet_lib.training.step.training_layout` does); under ``auto``
@@ -161,18 +181,29 @@ def candidate_space(amp: str, channels_last: bool | str, compile: bool | str, bf
     return valid, refused
 
 
-def _row(c: Candidate, status: str, images_per_s: float | None = None, reason: str = "",
-         compile_s: float | None = None) -> dict[str, Any]:
-    return {"label": c.label, "amp": c.amp, "channels_last": c.channels_last, "compile": c.compile, "status": status,
-            "images_per_s": None if images_per_s is None else round(images_per_s, 3), "reason": reason,
-            "compile_s": None if compile_s is None else round(compile_s, 1)}
+def _row(
+    c: Candidate, status: str, images_per_s: float | None = None, reason: str = "", compile_s: float | None = None
+) -> dict[str, Any]:
+    return {
+        "label": c.label,
+        "amp": c.amp,
+        "channels_last": c.channels_last,
+        "compile": c.compile,
+        "status": status,
+        "images_per_s": None if images_per_s is None else round(images_per_s, 3),
+        "reason": reason,
+        "compile_s": None if compile_s is None else round(compile_s, 1),
+    }
 
 
 def pick(rows: Iterable[Mapping[str, Any]]) -> Candidate | None:
     """The chosen candidate among timed rows: the fastest ``ok`` one, unless a simpler one is within
     :data:`SIMPLER_MARGIN` of it. None when no row is ``ok``."""
-    ok = [(Candidate(r["amp"], r["channels_last"], r["compile"]), float(r["images_per_s"]))
-          for r in rows if r["status"] == "ok" and r.get("images_per_s")]
+    ok = [
+        (Candidate(r["amp"], r["channels_last"], r["compile"]), float(r["images_per_s"]))
+        for r in rows
+        if r["status"] == "ok" and r.get("images_per_s")
+    ]
     if not ok:
         return None
     best = max(speed for _, speed in ok)
@@ -182,13 +213,15 @@ def pick(rows: Iterable[Mapping[str, Any]]) -> Candidate | None:
 
 # -- timing ----------------------------------------------------------------------------------------
 
+
 class StepTimer:
     """Times real training steps of candidates, interleaved: :meth:`add` builds a candidate's model
     and runs its untimed warm-up (compilation included, returned in seconds), :meth:`time_round`
     times ``STEPS_PER_ROUND`` steps of every built candidate, :meth:`images_per_s` reads the result."""
 
-    def __init__(self, num_classes: int, cfg: DABNetConfig, crop: tuple[int, int], batch: int,
-                 fast_ops: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, cfg: DABNetConfig, crop: tuple[int, int], batch: int, fast_ops: bool = False
+    ) -> None:
         self.num_classes, self.cfg, self.crop, self.batch, self.fast_ops = num_classes, cfg, crop, batch, fast_ops
         self.runners: dict[Candidate, Callable[[], None]] = {}
         self.seconds: dict[Candidate, float] = {}
@@ -263,8 +296,9 @@ def measure(candidates: list[Candidate], timer: StepTimer, log: Callable[[str], 
         if len(chosen) >= MAX_COMPILED:
             rows[c] = _row(c, "skipped", reason=f"only the {MAX_COMPILED} most promising are compiled")
         elif twin is not None and twin * COMPILE_MAX_GAIN < best_eager:
-            rows[c] = _row(c, "skipped", reason=f"eager {twin:.2f} img/s x {COMPILE_MAX_GAIN:g} < best eager "
-                                                f"{best_eager:.2f}")
+            rows[c] = _row(
+                c, "skipped", reason=f"eager {twin:.2f} img/s x {COMPILE_MAX_GAIN:g} < best eager {best_eager:.2f}"
+            )
         else:
             chosen.append(c)
     built = [c for c in chosen if build(c)]
@@ -279,6 +313,7 @@ def measure(candidates: list[Candidate], timer: StepTimer, log: Callable[[str], 
 
 # -- cache -----------------------------------------------------------------------------------------
 
+
 def cache_dir() -> Path:
     """``$DABNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/dabnet``, else ``~/.cache/dabnet``."""
     if os.environ.get("DABNET_CACHE_DIR"):
@@ -287,14 +322,30 @@ def cache_dir() -> Path:
     return Path(base) / "dabnet"
 
 
-def cache_key(candidates: Iterable[Candidate], num_classes: int, cfg: DABNetConfig, crop: tuple[int, int],
-              batch: int, threads: int, fast_ops: bool = False) -> dict[str, Any]:
+def cache_key(
+    candidates: Iterable[Candidate],
+    num_classes: int,
+    cfg: DABNetConfig,
+    crop: tuple[int, int],
+    batch: int,
+    threads: int,
+    fast_ops: bool = False,
+) -> dict[str, Any]:
     """Everything a measured choice depends on."""
     flags = " ".join(sorted(cpu_flags()))
-    return {"cpu": cpu_name(), "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:16],
-            "cpu_count": os.cpu_count(), "threads": threads, "torch": str(torch.__version__),
-            "model_config": cfg.to_dict(), "num_classes": num_classes, "crop": list(crop), "batch": batch,
-            "candidates": sorted(c.label for c in candidates), "fast_ops": fast_ops}
+    return {
+        "cpu": cpu_name(),
+        "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:16],
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch": str(torch.__version__),
+        "model_config": cfg.to_dict(),
+        "num_classes": num_classes,
+        "crop": list(crop),
+        "batch": batch,
+        "candidates": sorted(c.label for c in candidates),
+        "fast_ops": fast_ops,
+    }
 
 
 def _digest(key: Mapping[str, Any]) -> str:
@@ -311,7 +362,11 @@ def _read_cache(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("entries"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != CACHE_FORMAT
+            or not isinstance(data.get("entries"), dict)
+        ):
             raise ValueError("unexpected layout")
         return data["entries"]
     except (OSError, ValueError) as exc:
@@ -336,8 +391,11 @@ def cached_choice(path: Path, key: Mapping[str, Any]) -> TrainingChoice | None:
 def store_choice(path: Path, key: Mapping[str, Any], choice: TrainingChoice) -> None:
     """Add ``choice`` to the cache file (atomically); a cache that cannot be written only warns."""
     entries = _read_cache(path)
-    entries[_digest(key)] = {"key": dict(key), "choice": choice.to_dict(),
-                             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    entries[_digest(key)] = {
+        "key": dict(key),
+        "choice": choice.to_dict(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1).encode())
@@ -347,22 +405,39 @@ def store_choice(path: Path, key: Mapping[str, Any], choice: TrainingChoice) -> 
 
 # -- the decision ----------------------------------------------------------------------------------
 
+
 def _cuda_choice(amp: str, channels_last: bool | str, compile: bool | str, device: torch.device) -> TrainingChoice:
     resolved = ("bf16" if cuda_bf16_native(device) else "fp16") if amp == "auto" else amp
     explicit = "auto" not in (amp, channels_last, compile)
-    return TrainingChoice(resolved, True if channels_last == "auto" else bool(channels_last),
-                          False if compile == "auto" else bool(compile), "explicit" if explicit else "cuda")
+    return TrainingChoice(
+        resolved,
+        True if channels_last == "auto" else bool(channels_last),
+        False if compile == "auto" else bool(compile),
+        "explicit" if explicit else "cuda",
+    )
 
 
 def _with_fast_ops(choice: TrainingChoice, fast_ops: bool) -> TrainingChoice:
     return dataclasses.replace(choice, fast_ops=fast_ops)
 
 
-def choose(amp: str, channels_last: bool | str, compile: bool | str, device: torch.device, num_classes: int,
-           cfg: DABNetConfig, crop: tuple[int, int], batch: int, threads: int,
-           log: Callable[[str], None] = lambda _m: None, use_cache: bool = True,
-           timer: StepTimer | None = None, bf16_units: bool | None = None,
-           grad_error: Callable[[], float] | None = None, fast_ops: bool = False) -> TrainingChoice:
+def choose(
+    amp: str,
+    channels_last: bool | str,
+    compile: bool | str,
+    device: torch.device,
+    num_classes: int,
+    cfg: DABNetConfig,
+    crop: tuple[int, int],
+    batch: int,
+    threads: int,
+    log: Callable[[str], None] = lambda _m: None,
+    use_cache: bool = True,
+    timer: StepTimer | None = None,
+    bf16_units: bool | None = None,
+    grad_error: Callable[[], float] | None = None,
+    fast_ops: bool = False,
+) -> TrainingChoice:
     """Resolve the recipe's ``amp`` / ``channels_last`` / ``compile`` (each possibly ``"auto"``) for a
     run of ``cfg`` with ``num_classes`` classes at ``crop`` (H, W) and per-process ``batch`` on
     ``device`` with ``threads`` intra-op threads. ``timer``, ``bf16_units`` and ``grad_error``
@@ -377,24 +452,35 @@ def choose(amp: str, channels_last: bool | str, compile: bool | str, device: tor
     valid, refused = candidate_space(amp, channels_last, compile, units, probe)
     if len(valid) == 1:
         c = valid[0]
-        return TrainingChoice(c.amp, c.channels_last, c.compile, "rule", tuple(refused + [_row(c, "ok")]),
-                              fast_ops=fast_ops)
+        return TrainingChoice(c.amp, c.channels_last, c.compile, "rule", (*refused, _row(c, "ok")), fast_ops=fast_ops)
     key = cache_key(valid, num_classes, cfg, crop, batch, threads, fast_ops)
     path = cache_dir() / "autotune.json"
     if use_cache:
         hit = cached_choice(path, key)
         if hit is not None:
             return hit
-    log(f"autotune: measuring {len(valid)} ways to train at {crop[0]}x{crop[1]}, batch {batch}, {threads} threads "
-        f"(once per machine; cached in {path})")
+    log(
+        f"autotune: measuring {len(valid)} ways to train at {crop[0]}x{crop[1]}, batch {batch}, {threads} threads "
+        f"(once per machine; cached in {path})"
+    )
     start = time.perf_counter()
     rows = measure(valid, timer or StepTimer(num_classes, cfg, crop, batch, fast_ops), log)
     best = pick(rows)
     if best is None:
-        raise RuntimeError("autotune: no way to train worked on this machine: " +
-                           "; ".join(f"{r['label']}: {r['reason']}" for r in rows))
-    choice = TrainingChoice(best.amp, best.channels_last, best.compile, "measured", tuple(refused + rows),
-                            time.perf_counter() - start, key, fast_ops)
+        raise RuntimeError(
+            "autotune: no way to train worked on this machine: "
+            + "; ".join(f"{r['label']}: {r['reason']}" for r in rows)
+        )
+    choice = TrainingChoice(
+        best.amp,
+        best.channels_last,
+        best.compile,
+        "measured",
+        tuple(refused + rows),
+        time.perf_counter() - start,
+        key,
+        fast_ops,
+    )
     if use_cache:
         store_choice(path, key, choice)
     return choice

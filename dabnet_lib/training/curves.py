@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def plot_curves(metrics_rows: Iterable[Mapping[str, Any]] | Any, x_key: str = "e
     )
     fig = new_figure((12, 3.4))
     axes = fig.subplots(1, 3)
-    for ax, (title, names, scale) in zip(axes, panels):
+    for ax, (title, names, scale) in zip(axes, panels, strict=True):
         drawn = False
         for name in names:
             xs, ys = _series(rows, x_key, name)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,13 @@ class DistContext:
 def setup(device: torch.device) -> DistContext:
     """Join the process group described by torchrun's environment (or one already initialised)."""
     if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())),
-                           int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())), dist.get_backend())
+        return DistContext(
+            dist.get_rank(),
+            dist.get_world_size(),
+            int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+            int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
+            dist.get_backend(),
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
@@ -64,13 +70,21 @@ def setup(device: torch.device) -> DistContext:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if local >= count:
-            raise DabnetError(f"LOCAL_RANK {local} needs CUDA device {local}, but only {count} CUDA device(s) are "
-                              f"visible: start at most {count} process(es) per node (torchrun --nproc_per_node="
-                              f"{max(1, count)}), or train on CPU with --device cpu")
+            raise DabnetError(
+                f"LOCAL_RANK {local} needs CUDA device {local}, but only {count} CUDA device(s) are "
+                f"visible: start at most {count} process(es) per node (torchrun --nproc_per_node="
+                f"{max(1, count)}), or train on CPU with --device cpu"
+            )
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local,
-                       int(os.environ.get("LOCAL_WORLD_SIZE", world)), backend, owns_group=True)
+    return DistContext(
+        dist.get_rank(),
+        dist.get_world_size(),
+        local,
+        int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        backend,
+        owns_group=True,
+    )
 
 
 def teardown(ctx: DistContext) -> None:
@@ -136,6 +150,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 # -- sample order ------------------------------------------------------------------------------------
 
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)`` for this rank's share of a shuffled epoch of ``n`` samples.
 
@@ -144,8 +159,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """
 
     def __init__(self, n: int, seed: int, ctx: DistContext) -> None:
-        self._order = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                         seed=seed, drop_last=True)
+        self._order = DistributedSampler(
+            range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.epoch = 0
         self.skip = 0
 
@@ -179,16 +195,22 @@ class SeededSamples(Dataset):
         return self.transform(image, label)
 
 
-def make_loader(samples: SeededSamples, sampler: EpochSampler, batch_size: int, num_workers: int,
-                pin_memory: bool) -> DataLoader:
+def make_loader(
+    samples: SeededSamples, sampler: EpochSampler, batch_size: int, num_workers: int, pin_memory: bool
+) -> DataLoader:
     """Batches of ``(images (B, 3, h, w), labels (B, h, w))``; workers are forked and persistent."""
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        extra = dict(persistent_workers=True, worker_init_fn=worker_init, prefetch_factor=2)
+        extra = {"persistent_workers": True, "worker_init_fn": worker_init, "prefetch_factor": 2}
         if "fork" in torch.multiprocessing.get_all_start_methods():
             extra["multiprocessing_context"] = "fork"
-    return DataLoader(samples, batch_sampler=BatchSampler(sampler, batch_size, drop_last=True),
-                      num_workers=num_workers, pin_memory=pin_memory, **extra)
+    return DataLoader(
+        samples,
+        batch_sampler=BatchSampler(sampler, batch_size, drop_last=True),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **extra,
+    )
 
 
 class Shard:
@@ -196,7 +218,12 @@ class Shard:
 
     def __init__(self, dataset: SegmentationDataset, rank: int, world: int) -> None:
         self.dataset, self.index = dataset, list(range(rank, len(dataset), world))
-        self.info, self.split, self.root, self.has_labels = dataset.info, dataset.split, dataset.root, dataset.has_labels
+        self.info, self.split, self.root, self.has_labels = (
+            dataset.info,
+            dataset.split,
+            dataset.root,
+            dataset.has_labels,
+        )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -213,18 +240,26 @@ def overlap(a: SegmentationDataset, b: SegmentationDataset) -> bool:
     return bool({p.resolve() for p, _ in a.samples} & {p.resolve() for p, _ in b.samples})
 
 
-def evaluate_sharded(model: torch.nn.Module, dataset: SegmentationDataset, ctx: DistContext, device: torch.device,
-                     **kw: Any) -> dict[str, Any]:
+def evaluate_sharded(
+    model: torch.nn.Module, dataset: SegmentationDataset, ctx: DistContext, device: torch.device, **kw: Any
+) -> dict[str, Any]:
     """:func:`~dabnet_lib.training.validation.evaluate` of this rank's :class:`Shard`, the confusion matrices summed
     over ranks (``ConfusionMatrix.all_reduce``) and the metrics recomputed from the sum; ``kw`` goes to
     evaluate (scale, mean, std). Without DDP (or with fewer images than ranks) it evaluates everything."""
     shard = ctx.enabled and len(dataset) >= ctx.world_size
-    res = evaluate(model, Shard(dataset, ctx.rank, ctx.world_size) if shard else dataset,  # type: ignore[arg-type]
-                   device=device, batch_size=1, progress=False, **kw)
+    res = evaluate(
+        model,
+        Shard(dataset, ctx.rank, ctx.world_size) if shard else dataset,  # type: ignore[arg-type]
+        device=device,
+        batch_size=1,
+        progress=False,
+        **kw,
+    )
     if shard:
         cm = ConfusionMatrix(dataset.info.num_classes, dataset.info.ignore_index)
-        cm.matrix = torch.as_tensor(res["confusion"], dtype=torch.int64,
-                                    device=device if ctx.backend == "nccl" else "cpu")
+        cm.matrix = torch.as_tensor(
+            res["confusion"], dtype=torch.int64, device=device if ctx.backend == "nccl" else "cpu"
+        )
         res.update(cm.all_reduce().compute())
     return res
 
@@ -241,7 +276,7 @@ class ThreadTuner:
     """
 
     def __init__(self, candidates: Sequence[int], period: int = 100, probe: int = 4) -> None:
-        self.candidates = sorted(set(int(c) for c in candidates))
+        self.candidates = sorted({int(c) for c in candidates})
         self.period, self.probe = period, probe
         self.current = self.candidates[-1]
         self.recent: list[float] = []
@@ -259,7 +294,7 @@ class ThreadTuner:
     def record(self, seconds: float) -> None:
         """Feed the wall time of the iteration just finished."""
         if self.trial is None:
-            self.recent = (self.recent + [seconds])[-self.probe:]
+            self.recent = ([*self.recent, seconds])[-self.probe :]
             self.countdown -= 1
             if self.countdown <= 0 and len(self.candidates) > 1:
                 others = [c for c in self.candidates if c != self.current]

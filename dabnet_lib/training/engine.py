@@ -7,8 +7,8 @@ images), ``epoch_XXXX.pt`` every ``save_every`` epochs, ``summary.json`` at the 
 
 Throughput: the training split is decoded once into RAM when it fits ``cache_ram_fraction`` of the free
 host memory (else per access in the loader, :mod:`dabnet_lib.data.host_memory`), augmented in-process
-(``num_workers=0``) or by forked persistent workers, fed channels_last (NCHW where bf16 channels_last gradients are wrong,
-see :mod:`dabnet_lib.training.step`); a step with a non-finite loss or gradient is skipped and counted
+(``num_workers=0``) or by forked persistent workers, fed channels_last (NCHW where bf16 channels_last gradients are
+wrong, see :mod:`dabnet_lib.training.step`); a step with a non-finite loss or gradient is skipped and counted
 (``skipped_steps``), 20 in a row stop the run; ``threads="auto"`` re-chooses the CPU thread
 count while training (:class:`~dabnet_lib.training.distributed.ThreadTuner`: on a shared 2-core machine two
 threads collapse when another process holds a core); CUDA adds AMP (bf16, else fp16 + GradScaler),
@@ -43,8 +43,9 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,28 +53,34 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..atomic_files import write_bytes_atomic
+from ..data.datasets import SegmentationDataset, build_dataset, get_info, subset
+from ..data.host_memory import plan_caches
+from ..data.statistics import statistics
+from ..data.transforms import TrainTransform
+from ..devices import resolve_device
+from ..errors import CheckpointError, DabnetError, first_line
+from ..machine import device_label
+from ..model.checkpoints import (
+    capture_rng,
+    check_resumable,
+    copy_checkpoint,
+    load_for_resume,
+    restore_rng,
+    save_checkpoint,
+)
+from ..model.dabnet import DABNet, DABNetConfig, load_weights
+from ..model.fast_ops import fast_ops_rule, use_fast_ops
+from ..paths import default_data_root
 from . import distributed as D
 from .autotune import TrainingChoice, choose
-from ..atomic_files import write_bytes_atomic
-from ..model.checkpoints import (capture_rng, check_resumable, copy_checkpoint, load_for_resume, restore_rng,
-                                 save_checkpoint)
 from .curves import write_metrics
-from ..data.datasets import SegmentationDataset, build_dataset, get_info, subset
-from ..data.statistics import statistics
-from ..errors import CheckpointError, DabnetError, first_line
 from .eta import ETA_REPORT, ETA_START, eta_line, final_stage_start, remaining_seconds
-from ..model.fast_ops import fast_ops_rule, use_fast_ops
-from ..data.host_memory import plan_caches
-from ..devices import resolve_device
 from .losses import build_loss
-from ..machine import device_label
-from ..paths import default_data_root
-from ..model.dabnet import DABNet, DABNetConfig, load_weights
 from .recipes import Recipe
 from .schedule import WarmupPolyLR
 from .step import autocast_dtype, train_step, training_layout
 from .training_events import IterationInfo, TrainingEvents, close_callbacks, predict_examples
-from ..data.transforms import TrainTransform
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -96,18 +103,28 @@ HOST_SYNC_EVERY: dict[str, int] = {"cpu": 1, "cuda": 10}
 
 def build_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.adam_eps,
-                                weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(
+            params, lr=recipe.lr, betas=recipe.betas, eps=recipe.adam_eps, weight_decay=recipe.weight_decay
+        )
     return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
 class _Trainer:
     """State and loop of one :func:`fit` call (see the module docstring)."""
 
-    def __init__(self, recipe: Recipe, data_root: Path, out_dir: Path, device: torch.device, ctx: D.DistContext,
-                 quiet: bool, on_iteration: Callable[[int], None] | None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None, callbacks: Sequence[Any] = (),
-                 resume: bool | str | os.PathLike[str] = False) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        data_root: Path,
+        out_dir: Path,
+        device: torch.device,
+        ctx: D.DistContext,
+        quiet: bool,
+        on_iteration: Callable[[int], None] | None,
+        on_epoch: Callable[[dict[str, Any]], None] | None,
+        callbacks: Sequence[Any] = (),
+        resume: bool | str | os.PathLike[str] = False,
+    ) -> None:
         r = self.r = recipe
         self.out, self.dev, self.ctx, self.quiet = out_dir, device, ctx, quiet
         self.hardware = device_label(device)
@@ -118,8 +135,11 @@ class _Trainer:
         np.random.seed(r.seed)
         torch.manual_seed(r.seed)
         cores = max(1, (os.cpu_count() or 1) // ctx.local_world_size)
-        self.tuner = D.ThreadTuner((max(1, cores // 2), cores)) if r.threads == "auto" and device.type == "cpu" \
-            and not ctx.enabled else None
+        self.tuner = (
+            D.ThreadTuner((max(1, cores // 2), cores))
+            if r.threads == "auto" and device.type == "cpu" and not ctx.enabled
+            else None
+        )
         self.threads = cores if r.threads in (None, "auto") else int(r.threads)
         torch.set_num_threads(self.threads)
         if device.type == "cuda":
@@ -146,8 +166,10 @@ class _Trainer:
         self.batch = r.batch_size // ctx.world_size
         self.ipe = len(self.train_ds) // ctx.world_size // self.batch
         if self.ipe == 0:
-            raise DabnetError(f"{r.dataset} {r.train_split} has {len(self.train_ds)} images, fewer than one batch of "
-                              f"{self.batch} per process: lower batch_size or raise max_images")
+            raise DabnetError(
+                f"{r.dataset} {r.train_split} has {len(self.train_ds)} images, fewer than one batch of "
+                f"{self.batch} per process: lower batch_size or raise max_images"
+            )
         self.total = r.epochs * self.ipe if r.max_iters is None else min(r.epochs * self.ipe, r.max_iters)
         self.budget_s = r.minutes * 60.0 if r.minutes else None
 
@@ -181,10 +203,14 @@ class _Trainer:
         self.eager: nn.Module = self.net
         if ctx.enabled:
             self.eager = nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[device.index] if device.type == "cuda" else None)
+                self.net, device_ids=[device.index] if device.type == "cuda" else None
+            )
         # one static graph per crop size; compiled lazily at the first step (a failure falls back to eager)
-        self.model = torch.compile(self.eager, dynamic=False, options=self.layout.compile_options) \
-            if self.choice.compile else self.eager
+        self.model = (
+            torch.compile(self.eager, dynamic=False, options=self.layout.compile_options)
+            if self.choice.compile
+            else self.eager
+        )
         self.opt = build_optimizer(r, self.net.parameters())
         self.sched = WarmupPolyLR(self.opt, self.total, r.warmup_iters, r.warmup_ratio, r.poly_power, self.budget_s)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -229,9 +255,19 @@ class _Trainer:
             choice = TrainingChoice.from_dict(saved, source="checkpoint")
         elif self.main:
             fast = fast_ops_rule(self.dev) if r.fast_ops == "auto" else bool(r.fast_ops)
-            choice = choose(r.amp, r.channels_last, r.compile, self.dev, self.info.num_classes, self.cfg,
-                            r.crop_size, self.batch, torch.get_num_threads(), log=lambda m: self.log(m, always=True),
-                            fast_ops=fast)
+            choice = choose(
+                r.amp,
+                r.channels_last,
+                r.compile,
+                self.dev,
+                self.info.num_classes,
+                self.cfg,
+                r.crop_size,
+                self.batch,
+                torch.get_num_threads(),
+                log=lambda m: self.log(m, always=True),
+                fast_ops=fast,
+            )
         else:
             choice = None
         choice = D.broadcast_object(choice, self.ctx)
@@ -261,8 +297,15 @@ class _Trainer:
             return
         r = self.r
         scale, crop = self._stage_geometry(self.stage or 0)
-        transform = TrainTransform(crop, r.scales, mean=self.mean, std=self.std, ignore_index=self.info.ignore_index,
-                                   mirror=r.mirror, base_scale=scale)
+        transform = TrainTransform(
+            crop,
+            r.scales,
+            mean=self.mean,
+            std=self.std,
+            ignore_index=self.info.ignore_index,
+            mirror=r.mirror,
+            base_scale=scale,
+        )
         samples = D.SeededSamples(self.train_ds, transform, r.seed)
         self.loader = None  # shut down the previous stage's workers first
         self.loader = D.make_loader(samples, self.sampler, self.batch, r.num_workers, self.dev.type == "cuda")
@@ -274,19 +317,37 @@ class _Trainer:
         self.stage_iter0 = self.iteration
         if self.tuner is not None:
             self.tuner.reset()
-        self.log(f"stage {self.stage}: crops {crop[0]}x{crop[1]}, base scale {scale:g}, batch {self.batch}"
-                 f" x {self.ctx.world_size} process(es), {self.ipe} iterations/epoch")
+        self.log(
+            f"stage {self.stage}: crops {crop[0]}x{crop[1]}, base scale {scale:g}, batch {self.batch}"
+            f" x {self.ctx.world_size} process(es), {self.ipe} iterations/epoch"
+        )
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _checkpoint(self) -> dict[str, Any]:
         return {
-            "model": self.net.state_dict(), "num_classes": self.info.num_classes, "model_config": self.cfg.to_dict(),
-            "dataset": self.info.name, "mean": list(self.mean), "std": None if self.std is None else list(self.std),
-            "epoch": self.epoch, "iteration": self.iteration, "position": self.position, "stage": self.stage,
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": capture_rng(), "recipe": self.r.to_dict(), "metrics": self.metrics, "elapsed_s": self.elapsed,
-            "epoch_acc": dict(self.acc), "best_val_miou": self.best, "val_seen": self.val_seen,
-            "world_size": self.ctx.world_size, "training_choice": self.choice.to_dict(), "hardware": self.hardware,
+            "model": self.net.state_dict(),
+            "num_classes": self.info.num_classes,
+            "model_config": self.cfg.to_dict(),
+            "dataset": self.info.name,
+            "mean": list(self.mean),
+            "std": None if self.std is None else list(self.std),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "position": self.position,
+            "stage": self.stage,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "recipe": self.r.to_dict(),
+            "metrics": self.metrics,
+            "elapsed_s": self.elapsed,
+            "epoch_acc": dict(self.acc),
+            "best_val_miou": self.best,
+            "val_seen": self.val_seen,
+            "world_size": self.ctx.world_size,
+            "training_choice": self.choice.to_dict(),
+            "hardware": self.hardware,
         }
 
     def _resume(self) -> None:
@@ -295,8 +356,10 @@ class _Trainer:
             return
         path = ck["_path"]
         if ck.get("world_size", 1) != self.ctx.world_size:
-            self.log(f"note: resuming a {ck.get('world_size')}-process run with {self.ctx.world_size} process(es): "
-                     "the sample order differs from an uninterrupted run")
+            self.log(
+                f"note: resuming a {ck.get('world_size')}-process run with {self.ctx.world_size} process(es): "
+                "the sample order differs from an uninterrupted run"
+            )
         load_weights(self.net, ck)
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
@@ -309,14 +372,21 @@ class _Trainer:
         self.stage, self.elapsed, self.metrics = ck.get("stage"), float(ck["elapsed_s"]), list(ck["metrics"])
         self.acc = dict(ck.get("epoch_acc") or self._zero_acc())
         self.best = ck.get("best_val_miou")
-        self.log(f"resumed from {path}: epoch {self.epoch} + {self.position} iterations, iteration {self.iteration}, "
-                 f"{self.elapsed / 60:.1f} min trained", always=True)
+        self.log(
+            f"resumed from {path}: epoch {self.epoch} + {self.position} iterations, iteration {self.iteration}, "
+            f"{self.elapsed / 60:.1f} min trained",
+            always=True,
+        )
 
     def _save(self, row: dict[str, Any] | None) -> None:
         if not self.main:
             return
-        improved = (row is not None and row.get("val_miou") is not None and not self.val_seen
-                    and (self.best is None or row["val_miou"] > self.best))
+        improved = (
+            row is not None
+            and row.get("val_miou") is not None
+            and not self.val_seen
+            and (self.best is None or row["val_miou"] > self.best)
+        )
         if improved:
             self.best = row["val_miou"]  # type: ignore[index]
         last = save_checkpoint(self._checkpoint(), self.out / "last.pt")
@@ -329,13 +399,19 @@ class _Trainer:
     # -- validation ---------------------------------------------------------------------------------
     def _validate(self) -> dict[str, Any]:
         assert self.val_ds is not None
-        res = D.evaluate_sharded(self.net, self.val_ds, self.ctx, self.dev, scale=self.r.val_scale, mean=self.mean,
-                                 std=self.std)
+        res = D.evaluate_sharded(
+            self.net, self.val_ds, self.ctx, self.dev, scale=self.r.val_scale, mean=self.mean, std=self.std
+        )
         iou = [None if math.isnan(float(v)) else float(v) for v in res["iou"]]
-        return {"val_miou": float(res["miou"]), "val_official_miou": float(res["official_miou"]),
-                "val_pixel_accuracy": float(res["pixel_accuracy"]), "val_iou": dict(zip(self.info.classes, iou)),
-                "val_pixels": int(np.asarray(res["confusion"]).sum()), "val_s": float(res["seconds"]),
-                "val_seen": self.val_seen}
+        return {
+            "val_miou": float(res["miou"]),
+            "val_official_miou": float(res["official_miou"]),
+            "val_pixel_accuracy": float(res["pixel_accuracy"]),
+            "val_iou": dict(zip(self.info.classes, iou, strict=True)),
+            "val_pixels": int(np.asarray(res["confusion"]).sum()),
+            "val_s": float(res["seconds"]),
+            "val_seen": self.val_seen,
+        }
 
     # -- the loop -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -381,13 +457,18 @@ class _Trainer:
                 t_last = now
             sig = 0
             if not self.ctx.enabled or last or self.iteration % every == 0:  # same iterations on every rank
-                sig, self.elapsed = D.reduce_max([self._signal, self.elapsed0 + time.perf_counter() - self.t0],
-                                                 self.ctx, self.dev)
+                sig, self.elapsed = D.reduce_max(
+                    [self._signal, self.elapsed0 + time.perf_counter() - self.t0], self.ctx, self.dev
+                )
             elapsed = self.elapsed
             self.sched.advance(elapsed if self.budget_s else None)
             if self.main and not bar.disable and (self.dev.type == "cpu" or self.iteration % 10 == 0):
-                bar.set_postfix(ep=self.epoch + 1, loss=f"{float(loss_sum) / max(1, loss_n):.3f}",
-                                lr=f"{self.opt.param_groups[0]['lr']:.2e}", refresh=False)
+                bar.set_postfix(
+                    ep=self.epoch + 1,
+                    loss=f"{float(loss_sum) / max(1, loss_n):.3f}",
+                    lr=f"{self.opt.param_groups[0]['lr']:.2e}",
+                    refresh=False,
+                )
             if self.budget_s:
                 bar.update(min(int(elapsed), int(self.budget_s)) - bar.n)
             else:
@@ -428,8 +509,9 @@ class _Trainer:
             s_per_iter = (time.perf_counter() - self.eta_t0) / (ETA_REPORT - ETA_START)
             start = final_stage_start(self.total, self.ipe, r.final_fraction)
             (_, c0), (_, c1) = self._stage_geometry(0), self._stage_geometry(1)
-            left = remaining_seconds(self.iteration, self.total, start, s_per_iter, self.stage or 0,
-                                     c1[0] * c1[1] / (c0[0] * c0[1]))
+            left = remaining_seconds(
+                self.iteration, self.total, start, s_per_iter, self.stage or 0, c1[0] * c1[1] / (c0[0] * c0[1])
+            )
             estimated = (self.stage or 0) == 0 and start < self.total and c0 != c1
             self.log(eta_line(left, self.total - self.iteration, s_per_iter, estimated), always=True)
 
@@ -453,22 +535,27 @@ class _Trainer:
         """Count step ``iteration`` (1-based) whose loss or gradients were not finite (its update was skipped)."""
         self.acc["skipped"] += 1
         self.skipped_in_a_row += 1
-        self.log(f"iteration {iteration}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'}, "
-                 "update skipped", always=True)
+        self.log(
+            f"iteration {iteration}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'}, update skipped",
+            always=True,
+        )
         if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
             raise DabnetError(
                 f"training diverged: {self.skipped_in_a_row} steps in a row had a non-finite loss or gradient "
                 f"(iteration {iteration}); weights are unchanged since the last good step. Lower lr "
-                f"(--set lr=...) or train in full precision (--set amp=off); resume from {self.out / 'last.pt'}")
+                f"(--set lr=...) or train in full precision (--set amp=off); resume from {self.out / 'last.pt'}"
+            )
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, bool | torch.Tensor]:
         try:
             return train_step(self.model, images, labels, self.criterion, self.opt, self.scaler, self.amp)
-        except Exception as exc:  # noqa: BLE001  (torch.compile needs a C++ toolchain; anything it raises)
+        except Exception as exc:
             if self.model is self.eager:
                 raise
             first = first_line(exc)
-            self.log(f"torch.compile failed ({type(exc).__name__}: {first[:200]}): training continues eager", always=True)
+            self.log(
+                f"torch.compile failed ({type(exc).__name__}: {first[:200]}): training continues eager", always=True
+            )
             self.model = self.eager
             return train_step(self.model, images, labels, self.criterion, self.opt, self.scaler, self.amp)
 
@@ -477,14 +564,21 @@ class _Trainer:
         scale, crop = self._stage_geometry(self.stage or 0)
         row: dict[str, Any] = {
             "epoch": self.epoch if completed else round(self.epoch + self.position / self.ipe, 4),
-            "iteration": self.iteration, "loss": a["loss_sum"] / a["loss_n"] if a["loss_n"] else None,
+            "iteration": self.iteration,
+            "loss": a["loss_sum"] / a["loss_n"] if a["loss_n"] else None,
             "skipped_steps": a["skipped"],
-            "lr": self.opt.param_groups[0]["lr"], "val_miou": None,
+            "lr": self.opt.param_groups[0]["lr"],
+            "val_miou": None,
             "images_per_s": a["images"] / a["train_s"] if a["train_s"] > 0 else None,
-            "elapsed_s": round(self.elapsed, 3), "train_s": round(a["train_s"], 3), "images": a["images"],
-            "base_scale": scale, "crop": list(crop), "partial": not completed, "threads": torch.get_num_threads(),
+            "elapsed_s": round(self.elapsed, 3),
+            "train_s": round(a["train_s"], 3),
+            "images": a["images"],
+            "base_scale": scale,
+            "crop": list(crop),
+            "partial": not completed,
+            "threads": torch.get_num_threads(),
         }
-        due = completed and (self.epoch % r.val_every == 0 if r.val_every else False) or self.epoch >= r.epochs
+        due = (completed and (self.epoch % r.val_every == 0 if r.val_every else False)) or self.epoch >= r.epochs
         if self.val_ds is not None and (due or stop in ("minutes", "max_iters")) and stop != "signal":
             row.update(self._validate())
         self.metrics.append(row)
@@ -492,19 +586,34 @@ class _Trainer:
         return row
 
     def _report(self, row: dict[str, Any]) -> None:
-        val = "" if row["val_miou"] is None else f", val mIoU {100 * row['val_miou']:.2f}%" + (
-            " (val images are in the training split)" if self.val_seen else "")
+        val = (
+            ""
+            if row["val_miou"] is None
+            else f", val mIoU {100 * row['val_miou']:.2f}%"
+            + (" (val images are in the training split)" if self.val_seen else "")
+        )
         ips = row["images_per_s"]
         loss = "-" if row["loss"] is None else f"{row['loss']:.4f}"
         skipped = f" ({row['skipped_steps']} non-finite steps skipped)" if row["skipped_steps"] else ""
-        self.log(f"epoch {row['epoch']}: loss {loss}{skipped}, lr {row['lr']:.2e}, "
-                 f"{'-' if ips is None else f'{ips:.1f}'} img/s, {row['elapsed_s'] / 60:.1f} min{val}")
+        self.log(
+            f"epoch {row['epoch']}: loss {loss}{skipped}, lr {row['lr']:.2e}, "
+            f"{'-' if ips is None else f'{ips:.1f}'} img/s, {row['elapsed_s'] / 60:.1f} min{val}"
+        )
         self.events.epoch(row, self._val_examples)
 
     def _iteration_info(self, loss: torch.Tensor, applied: bool, images: int) -> IterationInfo:
-        return {"iteration": self.iteration, "total_iters": self.total, "epoch": self.epoch, "iters_per_epoch": self.ipe,
-                "loss": loss.detach(), "applied": applied, "lr": self.opt.param_groups[0]["lr"], "images": images,
-                "elapsed_s": self.elapsed, "budget_s": self.budget_s}
+        return {
+            "iteration": self.iteration,
+            "total_iters": self.total,
+            "epoch": self.epoch,
+            "iters_per_epoch": self.ipe,
+            "loss": loss.detach(),
+            "applied": applied,
+            "lr": self.opt.param_groups[0]["lr"],
+            "images": images,
+            "elapsed_s": self.elapsed,
+            "budget_s": self.budget_s,
+        }
 
     def _val_examples(self, count: int) -> list[Any]:
         """``count`` predictions of the current model on the validation split (for TensorBoard)."""
@@ -513,8 +622,11 @@ class _Trainer:
         return predict_examples(self.net, self.val_ds, count, self.mean, self.std, self.dev, self.r.val_scale)
 
     def _finished(self) -> bool:
-        return (self.epoch >= self.r.epochs or self.iteration >= self.total
-                or (self.budget_s is not None and self.elapsed >= self.budget_s))
+        return (
+            self.epoch >= self.r.epochs
+            or self.iteration >= self.total
+            or (self.budget_s is not None and self.elapsed >= self.budget_s)
+        )
 
     def run(self) -> dict[str, Any]:
         r = self.r
@@ -522,20 +634,38 @@ class _Trainer:
         self.resume_ckpt = None  # free the memory
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            meta = {"recipe": r.to_dict(), "device": str(self.dev), "world_size": self.ctx.world_size,
-                    "threads": self.threads, "amp": str(self.amp), "torch": torch.__version__,
-                    "cpu_count": os.cpu_count(), "train_images": len(self.train_ds), "iters_per_epoch": self.ipe,
-                    "total_iters": self.total, "mean": self.mean, "std": self.std, "val_seen": self.val_seen,
-                    "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
-                    "hardware": self.hardware, "training_choice": self.choice.to_dict()}
+            meta = {
+                "recipe": r.to_dict(),
+                "device": str(self.dev),
+                "world_size": self.ctx.world_size,
+                "threads": self.threads,
+                "amp": str(self.amp),
+                "torch": torch.__version__,
+                "cpu_count": os.cpu_count(),
+                "train_images": len(self.train_ds),
+                "iters_per_epoch": self.ipe,
+                "total_iters": self.total,
+                "mean": self.mean,
+                "std": self.std,
+                "val_seen": self.val_seen,
+                "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
+                "hardware": self.hardware,
+                "training_choice": self.choice.to_dict(),
+            }
             write_bytes_atomic(self.out / "recipe.json", json.dumps(meta, indent=2).encode())
         budget = f"{r.minutes:g} min" if r.minutes else f"{r.epochs} epochs ({self.total} iterations)"
-        self.log(f"train {r.describe()} on {len(self.train_ds)} {r.train_split} images, {self.dev}, "
-                 f"{self.ctx.world_size} process(es), budget {budget} -> {self.out}", always=True)
+        self.log(
+            f"train {r.describe()} on {len(self.train_ds)} {r.train_split} images, {self.dev}, "
+            f"{self.ctx.world_size} process(es), budget {budget} -> {self.out}",
+            always=True,
+        )
         if self.val_seen:
-            self.log(f"NOTE: the training split '{r.train_split}' contains the '{r.val_split}' images: val mIoU is "
-                     "measured on training images, so nothing is selected on it; the result is last.pt "
-                     "(score it on the test split with `dabnet test`).", always=True)
+            self.log(
+                f"NOTE: the training split '{r.train_split}' contains the '{r.val_split}' images: val mIoU is "
+                "measured on training images, so nothing is selected on it; the result is last.pt "
+                "(score it on the test split with `dabnet test`).",
+                always=True,
+            )
         stop: str | None = None
         if self._finished():
             self.log("nothing left to train (budget already spent): raise epochs/minutes to continue", always=True)
@@ -544,9 +674,14 @@ class _Trainer:
             if threading.current_thread() is threading.main_thread():
                 old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             total = int(self.budget_s) if self.budget_s else self.total
-            bar = tqdm(total=total, initial=min(total, int(self.elapsed) if self.budget_s else self.iteration),
-                       unit="s" if self.budget_s else "it", desc=f"train {r.dataset}", dynamic_ncols=True,
-                       disable=self.quiet or not self.main)
+            bar = tqdm(
+                total=total,
+                initial=min(total, int(self.elapsed) if self.budget_s else self.iteration),
+                unit="s" if self.budget_s else "it",
+                desc=f"train {r.dataset}",
+                dynamic_ncols=True,
+                disable=self.quiet or not self.main,
+            )
             self.elapsed0, self.t0 = self.elapsed, time.perf_counter()
             try:
                 while stop is None and not self._finished():
@@ -565,32 +700,52 @@ class _Trainer:
         train_s = sum(m["train_s"] for m in self.metrics)
         last_val = next((m for m in reversed(self.metrics) if m.get("val_miou") is not None), None)
         summary = {
-            "out_dir": str(self.out), "last": str(self.out / "last.pt"),
+            "out_dir": str(self.out),
+            "last": str(self.out / "last.pt"),
             "best": str(best) if best.is_file() and not self.val_seen else None,
             "result": str(best if best.is_file() and not self.val_seen else self.out / "last.pt"),
-            "epochs": self.epoch + self.position / self.ipe, "iterations": self.iteration,
-            "elapsed_s": self.elapsed, "images_per_s": images / train_s if train_s else None, "stopped_by": stop,
-            "val_seen": self.val_seen, "best_val_miou": self.best,
+            "epochs": self.epoch + self.position / self.ipe,
+            "iterations": self.iteration,
+            "elapsed_s": self.elapsed,
+            "images_per_s": images / train_s if train_s else None,
+            "stopped_by": stop,
+            "val_seen": self.val_seen,
+            "best_val_miou": self.best,
             "final_val_miou": None if last_val is None else last_val["val_miou"],
-            "device": str(self.dev), "hardware": self.hardware, "training_choice": self.choice.to_dict(),
-            "world_size": self.ctx.world_size, "weights_digest": digests[0],
-            "rank_weight_digests": digests, "metrics": self.metrics,
+            "device": str(self.dev),
+            "hardware": self.hardware,
+            "training_choice": self.choice.to_dict(),
+            "world_size": self.ctx.world_size,
+            "weights_digest": digests[0],
+            "rank_weight_digests": digests,
+            "metrics": self.metrics,
         }
         if self.main:
             slim = {k: v for k, v in summary.items() if k != "metrics"}
             write_bytes_atomic(self.out / "summary.json", json.dumps(slim, indent=2).encode())
             val = "" if summary["best_val_miou"] is None else f", best val mIoU {100 * summary['best_val_miou']:.2f}%"
-            self.log(f"done ({stop}): {summary['epochs']:.2f} epochs, {self.iteration} iterations, "
-                     f"{self.elapsed / 60:.1f} min{val}; result {summary['result']}", always=True)
+            self.log(
+                f"done ({stop}): {summary['epochs']:.2f} epochs, {self.iteration} iterations, "
+                f"{self.elapsed / 60:.1f} min{val}; result {summary['result']}",
+                always=True,
+            )
         return summary
 
 
 # -- fit ------------------------------------------------------------------------------------------
 
-def fit(recipe: Recipe, data_root: str | os.PathLike[str] | None = None, out_dir: str | os.PathLike[str] = "runs/run",
-        resume: bool | str | os.PathLike[str] = False, device: str = "auto", quiet: bool = False,
-        on_iteration: Callable[[int], None] | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+
+def fit(
+    recipe: Recipe,
+    data_root: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] = "runs/run",
+    resume: bool | str | os.PathLike[str] = False,
+    device: str = "auto",
+    quiet: bool = False,
+    on_iteration: Callable[[int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Train ``recipe`` on ``data_root`` (default ``data/<dataset>``) into ``out_dir``; returns a summary
     (paths ``last``/``best``/``result``, ``epochs``, ``iterations``, ``elapsed_s``, ``images_per_s``,
     ``stopped_by``, ``best_val_miou``, ``weights_digest``, ``metrics`` rows, ...).
@@ -621,15 +776,32 @@ def _callers_global_state_restored() -> Iterator[None]:
         restore_rng(rng)
 
 
-def _fit(recipe: Recipe, data_root: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str],
-         resume: bool | str | os.PathLike[str], device: str, quiet: bool, on_iteration: Callable[[int], None] | None,
-         on_epoch: Callable[[dict[str, Any]], None] | None, callbacks: Sequence[Any]) -> dict[str, Any]:
+def _fit(
+    recipe: Recipe,
+    data_root: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    resume: bool | str | os.PathLike[str],
+    device: str,
+    quiet: bool,
+    on_iteration: Callable[[int], None] | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    callbacks: Sequence[Any],
+) -> dict[str, Any]:
     dev = resolve_device(device if device != "auto" else recipe.device)
     ctx = D.setup(dev)
     try:
-        trainer = _Trainer(recipe, Path(data_root) if data_root else default_data_root(recipe.dataset),
-                           Path(out_dir), D.device_for(ctx, dev), ctx, quiet, on_iteration, on_epoch, callbacks,
-                           resume)
+        trainer = _Trainer(
+            recipe,
+            Path(data_root) if data_root else default_data_root(recipe.dataset),
+            Path(out_dir),
+            D.device_for(ctx, dev),
+            ctx,
+            quiet,
+            on_iteration,
+            on_epoch,
+            callbacks,
+            resume,
+        )
         return trainer.run()
     finally:
         try:

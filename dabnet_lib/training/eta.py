@@ -25,8 +25,9 @@ def final_stage_start(total: int, iters_per_epoch: int, final_fraction: float) -
     return min(total, epoch * iters_per_epoch)
 
 
-def remaining_seconds(iteration: int, total: int, stage_start: int, s_per_iter: float, stage: int,
-                      pixel_ratio: float) -> float:
+def remaining_seconds(
+    iteration: int, total: int, stage_start: int, s_per_iter: float, stage: int, pixel_ratio: float
+) -> float:
     """Seconds left from ``iteration`` (of ``total``) at ``s_per_iter`` measured in ``stage`` (0 or 1);
     iterations of the final stage cost ``pixel_ratio`` (its pixels per batch / the first stage's)
     times those of the first stage."""
@@ -41,5 +42,7 @@ def eta_line(seconds: float, iterations_left: int, s_per_iter: float, estimated_
     """``ETA: 23.5 min for 2,480 more iterations (0.41 s/iteration now; ...), done about 21:04``."""
     done = (_dt.datetime.now() + _dt.timedelta(seconds=seconds)).strftime("%H:%M")
     note = "; the final-resolution stage estimated from its pixel count" if estimated_stage else ""
-    return (f"ETA: {seconds / 60:.1f} min for {iterations_left:,} more iterations ({s_per_iter:.2f} s/iteration "
-            f"now{note}), done about {done}")
+    return (
+        f"ETA: {seconds / 60:.1f} min for {iterations_left:,} more iterations ({s_per_iter:.2f} s/iteration "
+        f"now{note}), done about {done}"
+    )

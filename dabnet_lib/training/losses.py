@@ -9,7 +9,8 @@ graph, so ``backward()`` works and gives zero gradients instead of NaN.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,10 @@ def _as_weight(weight: torch.Tensor | np.ndarray | Sequence[float] | None) -> to
 def _check_inputs(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, name: str) -> None:
     if logits.dim() != 4 or target.dim() != 3:
         raise LossConfigError(
-            f"{name}: expected logits (N, C, H, W) and target (N, H, W), got {tuple(logits.shape)} and {tuple(target.shape)}"
+            f"{name}: expected logits (N, C, H, W) and target (N, H, W), "
+            f"got {tuple(logits.shape)} and {tuple(target.shape)}"
         )
-    if (logits.shape[0],) + tuple(logits.shape[2:]) != tuple(target.shape):
+    if (logits.shape[0], *tuple(logits.shape[2:])) != tuple(target.shape):
         raise LossConfigError(
             f"{name}: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in batch or spatial size"
         )
@@ -48,7 +50,9 @@ def _check_inputs(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise LossConfigError(f"{name}: {weight.numel()} class weights for {logits.shape[1]} classes")
 
 
-def _weighted_mean(nll: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def _weighted_mean(
+    nll: torch.Tensor, target: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
     """``sum(w * nll) / sum(w)`` over kept pixels; 0 (with graph) when nothing is kept. No host sync."""
     w = keep.to(nll.dtype)
     if weight is not None:

@@ -118,15 +118,18 @@ class ConfusionMatrix:
         bad_p = torch.unique(p[valid & ((p < 0) | (p >= c))]).cpu().tolist()
         parts = []
         if bad_t:
-            parts.append(f"target values {bad_t[:10]} are outside [0, {c}) and not the ignore index {self.ignore_index}")
+            parts.append(
+                f"target values {bad_t[:10]} are outside [0, {c}) and not the ignore index {self.ignore_index}"
+            )
         if bad_p:
             parts.append(f"prediction values {bad_p[:10]} are outside [0, {c})")
         raise MetricInputError(
-            "ConfusionMatrix.update: " + "; ".join(parts)
+            "ConfusionMatrix.update: "
+            + "; ".join(parts)
             + f" (num_classes={c}: check the model's class count and the dataset's ignore index)"
         )
 
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts into this matrix (same C and ignore index); returns ``self``."""
         if not isinstance(other, ConfusionMatrix):
             raise TypeError(f"ConfusionMatrix.merge expects a ConfusionMatrix, got {type(other).__name__}")
@@ -139,7 +142,7 @@ class ConfusionMatrix:
         self.matrix += other.matrix.to(self.matrix.device)
         return self
 
-    def all_reduce(self) -> "ConfusionMatrix":
+    def all_reduce(self) -> ConfusionMatrix:
         """Sum the matrix over all DDP ranks in place (no-op unless torch.distributed is initialised).
 
         With the NCCL backend the matrix must already be on the rank's CUDA device (it is, once

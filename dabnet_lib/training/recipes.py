@@ -13,30 +13,53 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..data.datasets import DATASETS, SPLITS
+from ..data.transforms import PAPER_SCALES
 from ..errors import DabnetError
 from ..model.dabnet import DABNetConfig
-from ..data.transforms import PAPER_SCALES
 
 PROFILES = ("smoke", "cpu", "paper")
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 #: The official release's fixed OHEM class weights for Cityscapes, in trainId order (github.com/Reagan1311/DABNet).
 CITYSCAPES_OHEM_WEIGHTS: tuple[float, ...] = (
-    0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539, 0.9843,
-    1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507,
+    0.8373,
+    0.918,
+    0.866,
+    1.0345,
+    1.0166,
+    0.9969,
+    0.9754,
+    1.0489,
+    0.8786,
+    1.0023,
+    0.9539,
+    0.9843,
+    1.1116,
+    0.9037,
+    1.0865,
+    1.0955,
+    1.0865,
+    1.1529,
+    1.0507,
 )
 
 #: The CamVid ``cpu`` profile's budget (iterations = epochs x 58 on trainval at batch 8) and schedule.
 CPU_EPOCHS, CPU_FINAL_FRACTION, CPU_LR, CPU_WARMUP = 50, 0.12, 1e-3, 200
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "dataset": DATASET_NAMES, "profile": PROFILES + ("custom",), "train_split": SPLITS,
-    "val_split": SPLITS + (None,), "optimizer": ("adam", "sgd"), "loss": ("ce", "ohem"),
-    "amp": ("auto", "off", "bf16", "fp16"), "device": ("auto", "cpu", "cuda"),
+    "dataset": DATASET_NAMES,
+    "profile": (*PROFILES, "custom"),
+    "train_split": SPLITS,
+    "val_split": (*SPLITS, None),
+    "optimizer": ("adam", "sgd"),
+    "loss": ("ce", "ohem"),
+    "amp": ("auto", "off", "bf16", "fp16"),
+    "device": ("auto", "cpu", "cuda"),
 }
 
 
@@ -60,17 +83,17 @@ class Recipe:
     profile: str = "paper"
     train_split: str = "trainval"
     val_split: str | None = "val"
-    max_images: int | None = None       # training subset (evenly spaced), None = all
-    val_max_images: int | None = None   # validation subset (first N), None = all
+    max_images: int | None = None  # training subset (evenly spaced), None = all
+    val_max_images: int | None = None  # validation subset (first N), None = all
     optimizer: str = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9               # SGD only
+    momentum: float = 0.9  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # Adam only
     adam_eps: float = 1e-8
     weight_decay: float = 2e-4
-    batch_size: int = 16                # global batch (split across DDP ranks)
+    batch_size: int = 16  # global batch (split across DDP ranks)
     epochs: int = 1000
-    max_iters: int | None = None        # hard cap on iterations (smoke runs)
+    max_iters: int | None = None  # hard cap on iterations (smoke runs)
     minutes: float | None = None
     crop_size: tuple[int, int] = (360, 480)
     scales: tuple[float, ...] = PAPER_SCALES
@@ -82,7 +105,7 @@ class Recipe:
     loss: str = "ce"
     class_weights: str | tuple[float, ...] = "dataset"
     ohem_thresh: float = 0.7
-    ohem_min_kept: int | None = None    # None = per-rank batch * crop_h * crop_w / 16 (official)
+    ohem_min_kept: int | None = None  # None = per-rank batch * crop_h * crop_w / 16 (official)
     mean: str | tuple[float, float, float] = "official"
     std: str | tuple[float, float, float] | None = None
     warmup_iters: int = 500
@@ -92,40 +115,45 @@ class Recipe:
     val_scale: float = 1.0
     save_every: int = 50
     num_workers: int = 2
-    cache_ram_fraction: float = 0.5     # decode-once RAM cache budget: share of available memory, all local ranks
-    threads: int | str | None = None    # torch intra-op threads: N, None = all cores, "auto" = adaptive (CPU)
+    cache_ram_fraction: float = 0.5  # decode-once RAM cache budget: share of available memory, all local ranks
+    threads: int | str | None = None  # torch intra-op threads: N, None = all cores, "auto" = adaptive (CPU)
     seed: int = 1234
     device: str = "auto"
     model_config: dict[str, Any] = field(default_factory=dict)
-    channels_last: bool | str = True    # or "auto": measured on CPU (dabnet_lib.training.autotune)
-    amp: str = "auto"                   # auto: CUDA bf16 where native, else fp16 + GradScaler; CPU measured
+    channels_last: bool | str = True  # or "auto": measured on CPU (dabnet_lib.training.autotune)
+    amp: str = "auto"  # auto: CUDA bf16 where native, else fp16 + GradScaler; CPU measured
     sync_bn: bool = False
-    compile: bool | str = False         # or "auto": measured on CPU
-    fast_ops: bool | str = "auto"       # exact fast CPU backward ops (dabnet_lib.model.fast_ops); auto: on CPU
+    compile: bool | str = False  # or "auto": measured on CPU
+    fast_ops: bool | str = "auto"  # exact fast CPU backward ops (dabnet_lib.model.fast_ops); auto: on CPU
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name)))
-        if self.dataset == "cityscapes" and isinstance(self.class_weights, tuple) and len(self.class_weights) != 19 \
-                or self.dataset == "camvid" and isinstance(self.class_weights, tuple) and len(self.class_weights) != 11:
+        if (
+            self.dataset == "cityscapes" and isinstance(self.class_weights, tuple) and len(self.class_weights) != 19
+        ) or (self.dataset == "camvid" and isinstance(self.class_weights, tuple) and len(self.class_weights) != 11):
             _fail("class_weights", self.class_weights, "one weight per class of the dataset")
 
     # -- overrides ---------------------------------------------------------------------------------
-    def replace(self, **overrides: Any) -> "Recipe":
+    def replace(self, **overrides: Any) -> Recipe:
         """A copy with ``overrides`` applied; unknown fields or bad values raise DabnetError."""
         unknown = sorted(set(overrides) - set(field_names()))
         if unknown:
-            raise DabnetError(f"recipe: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(field_names())}")
+            raise DabnetError(
+                f"recipe: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(field_names())}"
+            )
         return dataclasses.replace(self, **overrides)
 
-    def override(self, assignments: Iterable[str]) -> "Recipe":
+    def override(self, assignments: Iterable[str]) -> Recipe:
         """Apply ``["field=value", ...]`` (the CLI's ``--set``); values parse as JSON, else as text;
         ``360,480`` is accepted for pairs and lists."""
         changes: dict[str, Any] = {}
         for item in assignments:
             key, sep, text = item.partition("=")
             if not sep or not key.strip():
-                raise DabnetError(f"recipe: --set expects field=value, got {item!r}; valid fields: {', '.join(field_names())}")
+                raise DabnetError(
+                    f"recipe: --set expects field=value, got {item!r}; valid fields: {', '.join(field_names())}"
+                )
             changes[key.strip()] = parse_value(text.strip())
         return self.replace(**changes)
 
@@ -134,10 +162,12 @@ class Recipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Recipe":
+    def from_dict(cls, values: Mapping[str, Any]) -> Recipe:
         unknown = sorted(set(values) - set(field_names()))
         if unknown:
-            raise DabnetError(f"recipe: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(field_names())}")
+            raise DabnetError(
+                f"recipe: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(field_names())}"
+            )
         return cls(**dict(values))
 
     def describe(self) -> str:
@@ -154,7 +184,8 @@ def field_names() -> list[str]:
 
 
 def parse_value(text: str) -> Any:
-    """``--set`` value text -> Python: JSON (``1e-3``, ``true``, ``null``, ``[1, 2]``), else ``a,b`` lists, else text."""
+    """``--set`` value text -> Python: JSON (``1e-3``, ``true``, ``null``, ``[1, 2]``), else ``a,b`` lists, else
+    text."""
     try:
         return json.loads(text)
     except ValueError:
@@ -168,12 +199,20 @@ def parse_value(text: str) -> Any:
 
 # -- validation ------------------------------------------------------------------------------------
 
+
 def _fail(name: str, value: Any, expected: str) -> None:
     raise DabnetError(f"recipe field {name!r}: bad value {value!r}: expected {expected}")
 
 
-def _num(name: str, value: Any, kind: type, lo: float | None = None, hi: float | None = None,
-         optional: bool = False, lo_open: bool = False) -> Any:
+def _num(
+    name: str,
+    value: Any,
+    kind: type,
+    lo: float | None = None,
+    hi: float | None = None,
+    optional: bool = False,
+    lo_open: bool = False,
+) -> Any:
     if value is None and optional:
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -183,7 +222,13 @@ def _num(name: str, value: Any, kind: type, lo: float | None = None, hi: float |
         value = kind(value)
         ok = (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi)
     if not ok:
-        rng = f" in [{lo}, {hi}]" if hi is not None else (f" > {lo}" if lo_open else f" >= {lo}") if lo is not None else ""
+        rng = (
+            f" in [{lo}, {hi}]"
+            if hi is not None
+            else (f" > {lo}" if lo_open else f" >= {lo}")
+            if lo is not None
+            else ""
+        )
         _fail(name, value, f"{'an integer' if kind is int else 'a number'}{rng}" + (" or null" if optional else ""))
     return value
 
@@ -237,7 +282,11 @@ def _check(name: str, value: Any) -> Any:
         return value
     if name in ("mirror", "channels_last", "sync_bn", "compile", "fast_ops"):
         if not isinstance(value, bool):
-            _fail(name, value, "true or false" + (' or "auto"' if name in ("channels_last", "compile", "fast_ops") else ""))
+            _fail(
+                name,
+                value,
+                "true or false" + (' or "auto"' if name in ("channels_last", "compile", "fast_ops") else ""),
+            )
         return value
     if name == "class_weights":
         value = "none" if value is None else value
@@ -257,14 +306,25 @@ def _check(name: str, value: Any) -> Any:
 
 # -- recipes ---------------------------------------------------------------------------------------
 
+
 def paper_recipe(dataset: str) -> Recipe:
     """The published recipe of ``dataset`` (Li & Kim, BMVC 2019, and the official release's training script)."""
     if dataset == "camvid":
         return Recipe(dataset="camvid", profile="paper")
     if dataset == "cityscapes":
-        return Recipe(dataset="cityscapes", profile="paper", train_split="train", val_split="val",
-                      optimizer="sgd", lr=4.5e-2, weight_decay=1e-4, batch_size=8, crop_size=(512, 1024),
-                      loss="ohem", class_weights=CITYSCAPES_OHEM_WEIGHTS)
+        return Recipe(
+            dataset="cityscapes",
+            profile="paper",
+            train_split="train",
+            val_split="val",
+            optimizer="sgd",
+            lr=4.5e-2,
+            weight_decay=1e-4,
+            batch_size=8,
+            crop_size=(512, 1024),
+            loss="ohem",
+            class_weights=CITYSCAPES_OHEM_WEIGHTS,
+        )
     raise DabnetError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASET_NAMES)}")
 
 
@@ -289,18 +349,57 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
         return base
     if profile == "smoke":
         camvid = dataset == "camvid"
-        return base.replace(profile="smoke", train_split="train", val_split="val", max_images=8, val_max_images=4,
-                            batch_size=4 if camvid else 2, epochs=2, crop_size=(64, 96) if camvid else (64, 128),
-                            warmup_iters=2, val_every=1, save_every=1, num_workers=0, threads=1,
-                            val_scale=1.0 if camvid else 0.25, amp="off", compile=False)
+        return base.replace(
+            profile="smoke",
+            train_split="train",
+            val_split="val",
+            max_images=8,
+            val_max_images=4,
+            batch_size=4 if camvid else 2,
+            epochs=2,
+            crop_size=(64, 96) if camvid else (64, 128),
+            warmup_iters=2,
+            val_every=1,
+            save_every=1,
+            num_workers=0,
+            threads=1,
+            val_scale=1.0 if camvid else 0.25,
+            amp="off",
+            compile=False,
+        )
     if profile == "cpu":
         auto: dict[str, Any] = {"amp": "auto", "channels_last": "auto", "compile": "auto", "device": "cpu"}
         if dataset == "camvid":
-            return base.replace(profile="cpu", batch_size=8, epochs=CPU_EPOCHS, crop_size=(180, 240), base_scale=0.5,
-                                final_fraction=CPU_FINAL_FRACTION, final_base_scale=1.0, final_crop_size=(360, 480),
-                                lr=CPU_LR, warmup_iters=CPU_WARMUP, val_every=0, save_every=10, num_workers=0,
-                                threads="auto", **auto)
-        return base.replace(profile="cpu", batch_size=4, epochs=4, crop_size=(256, 512), base_scale=0.25,
-                            warmup_iters=200, val_every=1, val_scale=0.5, val_max_images=100, save_every=1,
-                            num_workers=0, threads="auto", **auto)
+            return base.replace(
+                profile="cpu",
+                batch_size=8,
+                epochs=CPU_EPOCHS,
+                crop_size=(180, 240),
+                base_scale=0.5,
+                final_fraction=CPU_FINAL_FRACTION,
+                final_base_scale=1.0,
+                final_crop_size=(360, 480),
+                lr=CPU_LR,
+                warmup_iters=CPU_WARMUP,
+                val_every=0,
+                save_every=10,
+                num_workers=0,
+                threads="auto",
+                **auto,
+            )
+        return base.replace(
+            profile="cpu",
+            batch_size=4,
+            epochs=4,
+            crop_size=(256, 512),
+            base_scale=0.25,
+            warmup_iters=200,
+            val_every=1,
+            val_scale=0.5,
+            val_max_images=100,
+            save_every=1,
+            num_workers=0,
+            threads="auto",
+            **auto,
+        )
     raise DabnetError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")

@@ -9,8 +9,8 @@ With ``i`` the number of finished iterations, ``W`` the warm-up length and ``T``
 Wall-clock budgets: with ``budget_s`` set, the poly progress is ``p = max(p_iter, p_time)`` where
 ``p_time = (t - t_W) / (budget_s - t_W)``, ``t`` the training seconds so far (passed to
 :meth:`WarmupPolyLR.advance`) and ``t_W`` the time at which warm-up ended. The learning rate thus
-reaches 0 when the time budget runs out (0 from then on, even during warm-up), however the throughput changes along the way (resolution
-stages, a busy machine), and stays exactly resumable: ``t``, ``t_W`` and ``T`` are scheduler state.
+reaches 0 when the time budget runs out (0 from then on, even during warm-up), however the throughput changes along
+the way (resolution stages, a busy machine), and stays exactly resumable: ``t``, ``t_W`` and ``T`` are scheduler state.
 """
 
 from __future__ import annotations
@@ -31,9 +31,16 @@ def lr_factor(i: int, total: int, warmup: int, ratio: float, power: float, time_
 class WarmupPolyLR(LRScheduler):
     """Warm-up then poly, per iteration; ``total_iters`` T, optional wall-clock ``budget_s``."""
 
-    def __init__(self, optimizer: Optimizer, total_iters: int, warmup_iters: int = 500,
-                 warmup_ratio: float = 1.0 / 3.0, power: float = 0.9, budget_s: float | None = None,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_iters: int,
+        warmup_iters: int = 500,
+        warmup_ratio: float = 1.0 / 3.0,
+        power: float = 0.9,
+        budget_s: float | None = None,
+        last_epoch: int = -1,
+    ) -> None:
         if total_iters < 1:
             raise ValueError(f"total_iters must be >= 1, got {total_iters}")
         self.total_iters = int(total_iters)
@@ -55,8 +62,9 @@ class WarmupPolyLR(LRScheduler):
     def factor(self) -> float:
         if self.budget_s is not None and self.elapsed_s >= self.budget_s:
             return 0.0  # time is up (also when it runs out during warm-up)
-        return lr_factor(self.last_epoch, self.total_iters, self.warmup_iters, self.warmup_ratio, self.power,
-                         self.time_progress())
+        return lr_factor(
+            self.last_epoch, self.total_iters, self.warmup_iters, self.warmup_ratio, self.power, self.time_progress()
+        )
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         f = self.factor()

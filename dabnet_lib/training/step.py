@@ -61,8 +61,9 @@ def bf16_channels_last_grad_error(device_type: str = "cpu") -> float:
                 mf = torch.channels_last if cl else torch.contiguous_format
                 w = weight.clone().to(device_type, memory_format=mf).requires_grad_(True)
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cl):
-                    y = torch.nn.functional.conv2d(x.to(device_type, memory_format=mf), w, padding=pad,
-                                                   dilation=dil, groups=64)
+                    y = torch.nn.functional.conv2d(
+                        x.to(device_type, memory_format=mf), w, padding=pad, dilation=dil, groups=64
+                    )
                 (y.float() * grad_out.to(device_type)).sum().backward()
                 grads.append(w.grad.float().cpu())
             ref, got = grads
@@ -91,9 +92,16 @@ def training_layout(channels_last: bool, amp_dtype: torch.dtype | None, device: 
     if amp_dtype == torch.bfloat16:
         err = bf16_channels_last_grad_error(device.type)
         if not err <= GRAD_PROBE_TOLERANCE:
-            note = (f"channels_last off: this PyTorch ({torch.__version__}) computes wrong bf16 channels_last gradients "
-                    f"for dilated depthwise convolutions on {device.type} (probe relative error {err:.3g}); training in "
-                    "NCHW, also inside torch.compile (correct, somewhat slower)") if channels_last else None
+            note = (
+                (
+                    f"channels_last off: this PyTorch ({torch.__version__}) computes wrong bf16 channels_last "
+                    f"gradients for dilated depthwise convolutions on {device.type} (probe relative error {err:.3g}); "
+                    "training in "
+                    "NCHW, also inside torch.compile (correct, somewhat slower)"
+                )
+                if channels_last
+                else None
+            )
             return TrainingLayout(torch.contiguous_format, {"layout_optimization": False}, note)
     return TrainingLayout(torch.channels_last if channels_last else torch.contiguous_format)
 
@@ -106,9 +114,15 @@ def grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(grads)).isfinite().all()
 
 
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
-               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, bool | torch.Tensor]:
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, bool | torch.Tensor]:
     """One optimisation step on a batch (images (N, 3, H, W) float, labels (N, H, W) int64, on the
     model's device). Returns ``(loss, applied)``: the detached loss and whether the update was made
     (a bool, or a 0-d bool tensor on the model's device that the caller reads when it syncs anyway).
@@ -136,8 +150,9 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cri
     return loss.detach(), applied
 
 
-def scaler_step_applied(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
-                        device: torch.device) -> torch.Tensor:
+def scaler_step_applied(
+    scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, device: torch.device
+) -> torch.Tensor:
     """After ``scaler.step(optimizer)`` and before ``scaler.update()``: a 0-d bool tensor on ``device``,
     True when the scaler applied the update (no inf/NaN found in any device's gradients)."""
     # GradScaler keeps its per-device found-inf flags (float 0/1) until update(); reading them here is the

@@ -15,15 +15,16 @@ Callbacks run on rank 0 only (DDP); the older ``on_iteration(iteration)`` / ``on
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from .validation import class_argmax
 from ..data.transforms import EvalTransform
+from .validation import class_argmax
 
 
 class IterationInfo(TypedDict):
@@ -87,9 +88,13 @@ class TrainingCallback:
 class TrainingEvents:
     """Fans the trainer's events out to ``callbacks`` (rank 0 only) and the legacy per-rank hooks."""
 
-    def __init__(self, callbacks: Sequence[Any], is_main: bool,
-                 on_iteration: Callable[[int], None] | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        callbacks: Sequence[Any],
+        is_main: bool,
+        on_iteration: Callable[[int], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.callbacks = list(callbacks) if is_main else []
         self.legacy_iteration, self.legacy_epoch = on_iteration, on_epoch
 
@@ -128,8 +133,15 @@ def close_callbacks(callbacks: Sequence[Any]) -> None:
 
 
 @torch.inference_mode()
-def predict_examples(net: nn.Module, dataset: Any, count: int, mean: Sequence[float], std: Sequence[float] | None,
-                     device: torch.device, scale: float = 1.0) -> list[Example]:
+def predict_examples(
+    net: nn.Module,
+    dataset: Any,
+    count: int,
+    mean: Sequence[float],
+    std: Sequence[float] | None,
+    device: torch.device,
+    scale: float = 1.0,
+) -> list[Example]:
     """Predictions of ``net`` for the first ``count`` images of ``dataset`` (evenly spread over it),
     pre-processed as validation does; the net's train/eval mode is restored afterwards."""
     n = len(dataset)

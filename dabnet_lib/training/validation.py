@@ -11,7 +11,8 @@ metric (the official code looped over pixels in Python).
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,9 @@ class PixelCounter:
         counts = torch.bincount(torch.add(pred, target, alpha=self.c).reshape(-1), minlength=n)
         if counts.numel() > n:  # a label above the ignore index (the size is known on the host)
             bad = int(target.max())
-            raise DatasetError(f"label value {bad} is neither a class (0..{self.c - 1}) nor the ignore index {self.ignore}")
+            raise DatasetError(
+                f"label value {bad} is neither a class (0..{self.c - 1}) nor the ignore index {self.ignore}"
+            )
         self.counts = counts if self.counts is None else self.counts.add_(counts)
 
     def confusion(self) -> torch.Tensor:
@@ -91,7 +94,9 @@ class PixelCounter:
         stray = [r for r in range(self.c, self.rows) if r != self.ignore]
         if stray and int(table[stray].sum()) > 0:
             bad = [r for r in stray if int(table[r].sum()) > 0]
-            raise DatasetError(f"label values {bad[:10]} are neither classes (0..{self.c - 1}) nor the ignore index {self.ignore}")
+            raise DatasetError(
+                f"label values {bad[:10]} are neither classes (0..{self.c - 1}) nor the ignore index {self.ignore}"
+            )
         return table[: self.c].clone()
 
 
@@ -100,8 +105,11 @@ def memory_format_of(model: nn.Module) -> torch.memory_format:
     with a spatial extent is stored NHWC, else contiguous (NCHW; also for a model without such weights)."""
     for p in model.parameters():
         if p.dim() == 4 and p.shape[-2] * p.shape[-1] > 1:
-            return torch.channels_last if not p.is_contiguous() and p.is_contiguous(
-                memory_format=torch.channels_last) else torch.contiguous_format
+            return (
+                torch.channels_last
+                if not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+                else torch.contiguous_format
+            )
     return torch.contiguous_format
 
 
@@ -167,8 +175,14 @@ def evaluate(
         raise ValueError(f"model has {n_out} classes but {info.name} has {info.num_classes}")
 
     view = _EvalView(dataset, EvalTransform(mean_t, std_t, scale=scale), count)
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate, pin_memory=dev.type == "cuda")
+    loader = DataLoader(
+        view,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+    )
     was_training, home, mf = model.training, _device_of(model), memory_format_of(model)
     model.to(dev).eval()  # .to(device) keeps every tensor's strides
     cm = ConfusionMatrix(info.num_classes, info.ignore_index)
@@ -178,8 +192,9 @@ def evaluate(
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            bar = tqdm(loader, total=len(loader), desc=f"eval {info.name}/{dataset.split}", unit="batch",
-                       disable=not progress)
+            bar = tqdm(
+                loader, total=len(loader), desc=f"eval {info.name}/{dataset.split}", unit="batch", disable=not progress
+            )
             for x, y in bar:
                 x = x.to(dev, non_blocking=True).contiguous(memory_format=mf)
                 y = y.to(dev, non_blocking=True)
@@ -208,7 +223,7 @@ def evaluate(
     result = dict(cm.compute())
     iou = np.asarray(result["iou"], dtype=np.float64)
     result.update(
-        iou_by_class={name: float(v) for name, v in zip(info.classes, iou)},
+        iou_by_class={name: float(v) for name, v in zip(info.classes, iou, strict=True)},
         images=images,
         split=dataset.split,
         dataset=info.name,

@@ -10,7 +10,7 @@ t, ``n`` paired seeds). The verdict is ``better`` when the interval lies above 0
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -66,17 +66,35 @@ def paired_table(runs: pd.DataFrame, reference: str, confidence: float = CONFIDE
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
         by_seed = group.set_index("seed")["val_miou"]
-        row = {"variant": variant, "seeds": len(by_seed), "val_miou": float(by_seed.mean()),
-               "val_miou_sd": float(by_seed.std(ddof=1)) if len(by_seed) > 1 else math.nan}
+        row = {
+            "variant": variant,
+            "seeds": len(by_seed),
+            "val_miou": float(by_seed.mean()),
+            "val_miou_sd": float(by_seed.std(ddof=1)) if len(by_seed) > 1 else math.nan,
+        }
         if variant == reference:
-            row.update(n_paired=len(by_seed), delta=0.0, delta_sd=math.nan, ci_low=math.nan, ci_high=math.nan,
-                       verdict="reference", seeds_needed=None)
+            row.update(
+                n_paired=len(by_seed),
+                delta=0.0,
+                delta_sd=math.nan,
+                ci_low=math.nan,
+                ci_high=math.nan,
+                verdict="reference",
+                seeds_needed=None,
+            )
         else:
             common = by_seed.index.intersection(ref.index)
             mean, sd, low, high = t_interval((by_seed[common] - ref[common]).tolist(), confidence)
             v = verdict(low, high)
-            row.update(n_paired=len(common), delta=mean, delta_sd=sd, ci_low=low, ci_high=high, verdict=v,
-                       seeds_needed=seeds_to_resolve(mean, sd, confidence) if v == "not resolved" else None)
+            row.update(
+                n_paired=len(common),
+                delta=mean,
+                delta_sd=sd,
+                ci_low=low,
+                ci_high=high,
+                verdict=v,
+                seeds_needed=seeds_to_resolve(mean, sd, confidence) if v == "not resolved" else None,
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -89,7 +107,14 @@ def noise_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for iters, group in runs.groupby("iters"):
         sd = float(group["val_miou"].std(ddof=1)) if len(group) > 1 else math.nan
-        rows.append({"iters": int(iters), "seeds": len(group), "val_miou": float(group["val_miou"].mean()),
-                     "seed_sd": sd, "two_run_diff_sd": math.sqrt(2) * sd,
-                     "train_minutes": float(group["train_minutes"].mean())})
+        rows.append(
+            {
+                "iters": int(iters),
+                "seeds": len(group),
+                "val_miou": float(group["val_miou"].mean()),
+                "seed_sd": sd,
+                "two_run_diff_sd": math.sqrt(2) * sd,
+                "train_minutes": float(group["train_minutes"].mean()),
+            }
+        )
     return pd.DataFrame(rows)

@@ -16,21 +16,30 @@ import datetime as _dt
 import os
 import signal
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from . import ablations as A
-from .ablation_stats import CONFIDENCE, MAX_SEEDS, noise_table, paired_table
-from .ablation_units import (Unit, finished, plan_units, read_units, recipe_fingerprint, training_code_digest,
-                             unit_flags, write_unit)
 from ..data.datasets import build_dataset, get_info
-from ..training.engine import fit
 from ..errors import DabnetError
 from ..evaluation.evaluation import evaluate_checkpoint
+from ..training.engine import fit
 from ..training.recipes import Recipe
+from . import ablations as A
+from .ablation_stats import CONFIDENCE, MAX_SEEDS, noise_table, paired_table
+from .ablation_units import (
+    Unit,
+    finished,
+    plan_units,
+    read_units,
+    recipe_fingerprint,
+    training_code_digest,
+    unit_flags,
+    write_unit,
+)
 from .reports import git_commit, hardware_summary
 
 BACKENDS = ("local", "ray")
@@ -77,23 +86,30 @@ def run_unit(sweep: Sweep, unit: Unit, quiet: bool = True, callbacks: Sequence[A
     record of its unit file: val mIoU and per-class IoU (%), minutes, speed, hardware, the training
     choice, the recipe with its fingerprint, the training-code digest and the commit."""
     recipe = sweep.recipe(unit)
-    summary = fit(recipe, sweep.data_root, sweep.runs_dir / unit.name, resume="auto", quiet=quiet,
-                  callbacks=callbacks)
-    result = evaluate_checkpoint(summary["last"], sweep.data_root, split=recipe.val_split or "val",
-                                 progress=False, limit=recipe.val_max_images)
+    summary = fit(recipe, sweep.data_root, sweep.runs_dir / unit.name, resume="auto", quiet=quiet, callbacks=callbacks)
+    result = evaluate_checkpoint(
+        summary["last"], sweep.data_root, split=recipe.val_split or "val", progress=False, limit=recipe.val_max_images
+    )
     names = get_info(sweep.dataset).classes
     return {
-        "variant": unit.variant, "seed": unit.seed, "iters": unit.iters,
-        "dataset": sweep.dataset, "profile": sweep.profile,
+        "variant": unit.variant,
+        "seed": unit.seed,
+        "iters": unit.iters,
+        "dataset": sweep.dataset,
+        "profile": sweep.profile,
         "val_miou": 100 * float(result["miou"]),
-        "iou": {n: (None if v != v else 100 * float(v)) for n, v in zip(names, result["iou"])},
-        "train_minutes": float(summary["elapsed_s"]) / 60, "images_per_s": summary.get("images_per_s"),
+        "iou": {n: (None if v != v else 100 * float(v)) for n, v in zip(names, result["iou"], strict=True)},
+        "train_minutes": float(summary["elapsed_s"]) / 60,
+        "images_per_s": summary.get("images_per_s"),
         "iterations": int(summary["iterations"]),
         "hardware": hardware_summary(recipe.device if recipe.device != "auto" else None),
         "training_choice": summary.get("training_choice"),
-        "model_config": recipe.model_config, "recipe": recipe.to_dict(),
+        "model_config": recipe.model_config,
+        "recipe": recipe.to_dict(),
         "recipe_fingerprint": recipe_fingerprint(recipe.to_dict()),
-        "code": training_code_digest(), "commit": git_commit(), "date": _dt.date.today().isoformat(),
+        "code": training_code_digest(),
+        "commit": git_commit(),
+        "date": _dt.date.today().isoformat(),
     }
 
 
@@ -111,9 +127,15 @@ def pending_units(sweep: Sweep, units: Sequence[Unit]) -> list[Unit]:
     return [u for u in units if u not in done]
 
 
-def run_sweep(sweep: Sweep, units: Sequence[Unit], backend: str = "local", ray_address: str | None = None,
-              log: Callable[[str], None] = print, quiet: bool = True,
-              callbacks: Callable[[Unit], Sequence[Any]] | None = None) -> list[Unit]:
+def run_sweep(
+    sweep: Sweep,
+    units: Sequence[Unit],
+    backend: str = "local",
+    ray_address: str | None = None,
+    log: Callable[[str], None] = print,
+    quiet: bool = True,
+    callbacks: Callable[[Unit], Sequence[Any]] | None = None,
+) -> list[Unit]:
     """Train every unit of ``units`` that has no result file yet and write its file as it finishes; returns
     the units trained now. ``callbacks(unit)``: that unit's training callbacks (local backend only)."""
     if backend not in BACKENDS:
@@ -121,8 +143,10 @@ def run_sweep(sweep: Sweep, units: Sequence[Unit], backend: str = "local", ray_a
     A.check_variants(sorted({u.variant for u in units}))
     ray = _ray() if backend == "ray" else None  # fail before any training when Ray is missing
     todo = pending_units(sweep, units)
-    log(f"ablation sweep: {len(units)} unit(s), {len(units) - len(todo)} finished, {len(todo)} to train "
-        f"({backend}) -> {sweep.units_dir}")
+    log(
+        f"ablation sweep: {len(units)} unit(s), {len(units) - len(todo)} finished, {len(todo)} to train "
+        f"({backend}) -> {sweep.units_dir}"
+    )
     if not todo:
         return []
     if ray is not None:
@@ -144,8 +168,9 @@ def _unit_resources(recipe: Recipe) -> dict[str, float]:
     return {"num_cpus": float(recipe.threads or os.cpu_count() or 1)}
 
 
-def _run_on_ray(ray: Any, sweep: Sweep, todo: Sequence[Unit], address: str | None,
-                log: Callable[[str], None]) -> list[Unit]:
+def _run_on_ray(
+    ray: Any, sweep: Sweep, todo: Sequence[Unit], address: str | None, log: Callable[[str], None]
+) -> list[Unit]:
     started_here = not ray.is_initialized()
     # ray.init installs its own SIGTERM handler in this process; give the caller's back afterwards.
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -190,8 +215,13 @@ class SweepTables:
 _RUN_COLUMNS = ["variant", "seed", "iters", "val_miou", "train_minutes", "hardware", "commit", "flags"]
 
 
-def build_tables(sweep: Sweep, planned: Sequence[Unit], budget: int, reference: str = A.REFERENCE,
-                 costs: Callable[[str], Mapping[str, Any]] | None = None) -> SweepTables:
+def build_tables(
+    sweep: Sweep,
+    planned: Sequence[Unit],
+    budget: int,
+    reference: str = A.REFERENCE,
+    costs: Callable[[str], Mapping[str, Any]] | None = None,
+) -> SweepTables:
     """Rebuild the tables from every unit file of ``sweep.units_dir``. Units flagged by
     :func:`~dabnet_lib.workbook.ablation_units.unit_flags` stay in ``runs`` but out of the statistics.
     ``costs(variant)``: extra per-variant columns (params, GFLOPs, latency; see :func:`variant_costs`)."""
@@ -241,32 +271,50 @@ def interpretation(tables: SweepTables, confidence: float = CONFIDENCE) -> list[
     t = tables.table
     if t.empty:
         return ["No finished units at this budget yet."]
-    lines = [f"Deltas are variant minus `{A.REFERENCE}` val mIoU (points), paired over seeds "
-             f"{', '.join(map(str, tables.seeds))}; {int(confidence * 100)}% interval from Student's t with n-1 "
-             "degrees of freedom; verdict `better`/`worse` when the interval excludes 0."]
+    lines = [
+        f"Deltas are variant minus `{A.REFERENCE}` val mIoU (points), paired over seeds "
+        f"{', '.join(map(str, tables.seeds))}; {int(confidence * 100)}% interval from Student's t with n-1 "
+        "degrees of freedom; verdict `better`/`worse` when the interval excludes 0."
+    ]
     others = t[t["verdict"] != "reference"]
     resolved = others[others["verdict"].isin(["better", "worse"])]
-    lines.append(f"Resolved: {len(resolved)} of {len(others)} variants"
-                 + (f" ({', '.join(f'{v} {d:+.2f}' for v, d in zip(resolved['variant'], resolved['delta']))})"
-                    if len(resolved) else "") + ".")
+    lines.append(
+        f"Resolved: {len(resolved)} of {len(others)} variants"
+        + (
+            f" ({', '.join(f'{v} {d:+.2f}' for v, d in zip(resolved['variant'], resolved['delta'], strict=True))})"
+            if len(resolved)
+            else ""
+        )
+        + "."
+    )
     for row in others[others["verdict"] == "not resolved"].itertuples():
         if row.n_paired < 2:
             lines.append(f"{row.variant}: {row.n_paired} paired seed(s), no interval yet.")
         elif row.seeds_needed is None or row.seeds_needed != row.seeds_needed:
-            lines.append(f"{row.variant}: delta {row.delta:+.2f} (sd of paired deltas {row.delta_sd:.2f}) would need "
-                         f"more than {MAX_SEEDS} paired seeds at this budget: no effect this budget can show.")
+            lines.append(
+                f"{row.variant}: delta {row.delta:+.2f} (sd of paired deltas {row.delta_sd:.2f}) would need "
+                f"more than {MAX_SEEDS} paired seeds at this budget: no effect this budget can show."
+            )
         else:
-            lines.append(f"{row.variant}: delta {row.delta:+.2f} (sd of paired deltas {row.delta_sd:.2f}) would be "
-                         f"resolved by about {int(row.seeds_needed)} paired seeds at this budget.")
+            lines.append(
+                f"{row.variant}: delta {row.delta:+.2f} (sd of paired deltas {row.delta_sd:.2f}) would be "
+                f"resolved by about {int(row.seeds_needed)} paired seeds at this budget."
+            )
     return lines
 
 
-def plan(sweep: Sweep, variants: Sequence[str] | str = "all", seeds: Sequence[int] | None = None,
-         budget: int | None = None, noise_study: bool = False) -> tuple[list[Unit], int]:
+def plan(
+    sweep: Sweep,
+    variants: Sequence[str] | str = "all",
+    seeds: Sequence[int] | None = None,
+    budget: int | None = None,
+    noise_study: bool = False,
+) -> tuple[list[Unit], int]:
     """The units of a sweep and its table budget: ``variants`` ("all" or names) x ``seeds`` (default the
     profile's :data:`~dabnet_lib.workbook.ablations.ABLATION_SEEDS`) at ``budget`` iterations (default
     :func:`default_budget`); ``noise_study`` puts first the reference variant at every
-    :data:`~dabnet_lib.workbook.ablations.NOISE_BUDGETS` budget with :data:`~dabnet_lib.workbook.ablations.NOISE_SEEDS`."""
+    :data:`~dabnet_lib.workbook.ablations.NOISE_BUDGETS` budget with
+    :data:`~dabnet_lib.workbook.ablations.NOISE_SEEDS`."""
     names = list(A.VARIANTS) if variants == "all" else A.check_variants(list(variants))
     seeds = tuple(A.ABLATION_SEEDS[sweep.profile] if seeds is None else seeds)
     if not seeds:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..atomic_files import write_bytes_atomic
 from ..errors import DabnetError
@@ -32,8 +33,15 @@ from ..training.recipes import Recipe
 UNIT_FORMAT = 1
 #: Modules whose code decides a unit's val mIoU (model, fast ops, loss, augmentation, schedule, training
 #: step, metric). A unit trained by other code in any of them is flagged.
-TRAINING_CODE: tuple[str, ...] = ("model/dabnet.py", "model/fast_ops.py", "training/losses.py", "data/transforms.py",
-                                  "training/schedule.py", "training/step.py", "training/metrics.py")
+TRAINING_CODE: tuple[str, ...] = (
+    "model/dabnet.py",
+    "model/fast_ops.py",
+    "training/losses.py",
+    "data/transforms.py",
+    "training/schedule.py",
+    "training/step.py",
+    "training/metrics.py",
+)
 #: Groups of :func:`training_code_digest` values that train the same numbers. An edit of a TRAINING_CODE module
 #: that leaves training numerics alone (a refactor, a docstring, an error message: run tests/test_model.py and
 #: tests/test_fast_ops.py) adds its new digest to the group of the code it replaces; an edit that changes them
@@ -46,8 +54,16 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
 #: Recipe fields that the unit (variant, seed, budget) decides, left out of the recipe fingerprint, and fields
 #: that change speed but not what is trained.
 _UNIT_FIELDS = ("seed", "max_iters", "epochs", "warmup_iters", "model_config")
-_SPEED_FIELDS = ("threads", "num_workers", "cache_ram_fraction", "channels_last", "compile", "fast_ops", "device",
-                 "save_every")
+_SPEED_FIELDS = (
+    "threads",
+    "num_workers",
+    "cache_ram_fraction",
+    "channels_last",
+    "compile",
+    "fast_ops",
+    "device",
+    "save_every",
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -85,7 +101,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_units(units: Sequence[Unit], i: int, n: int) -> list[Unit]:
     """Shard ``i`` of ``n`` (1-based): every n-th unit from the i-th; the n shards partition ``units``."""
-    return list(units[i - 1::n])
+    return list(units[i - 1 :: n])
 
 
 def training_code_digest() -> str:
@@ -107,8 +123,11 @@ def recipe_fingerprint(recipe: Mapping[str, Any]) -> str:
     fields at their :class:`~dabnet_lib.training.recipes.Recipe` default (so that a field added to Recipe later, absent
     from older records, does not change the fingerprint of a recipe that leaves it at its default)."""
     defaults = Recipe().to_dict()
-    kept = {k: v for k, v in recipe.items()
-            if k not in _UNIT_FIELDS + _SPEED_FIELDS and not (k in defaults and _canonical(v) == _canonical(defaults[k]))}
+    kept = {
+        k: v
+        for k, v in recipe.items()
+        if k not in _UNIT_FIELDS + _SPEED_FIELDS and not (k in defaults and _canonical(v) == _canonical(defaults[k]))
+    }
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -177,8 +196,9 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def unit_flags(record: Mapping[str, Any], expected_config: Mapping[str, Any] | None, fingerprint: str,
-               code: str) -> list[str]:
+def unit_flags(
+    record: Mapping[str, Any], expected_config: Mapping[str, Any] | None, fingerprint: str, code: str
+) -> list[str]:
     """Why a unit is not comparable with the current sweep (empty: comparable): another model config for its
     variant name, another recipe, or other training code (with the commit that trained it)."""
     flags = []

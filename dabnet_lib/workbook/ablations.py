@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from .ablation_units import Unit
+from ..deploy.profiling import flops, measure
 from ..errors import DabnetError
 from ..model.dabnet import DABNet, DABNetConfig, count_parameters
-from .paper import PAPER_ABLATION_NOTE
-from ..deploy.profiling import flops, measure
 from ..training.recipes import Recipe, get_recipe
+from .ablation_units import Unit
+from .paper import PAPER_ABLATION_NOTE
 
 #: name -> (config, what it changes). The first is the paper's network.
 VARIANTS: dict[str, tuple[DABNetConfig, str]] = {
@@ -27,8 +27,10 @@ VARIANTS: dict[str, tuple[DABNetConfig, str]] = {
     "square_dw": (DABNetConfig(dw_shape="square"), "square depth-wise 3x3 instead of 3x1+1x3"),
     "standard_conv": (DABNetConfig(branch_conv="standard"), "standard (dense) 3x1+1x3 convs in the branches"),
     "no_injection": (DABNetConfig(input_injection=False), "no input injection (down-sampled image not concatenated)"),
-    "shallow_2_4": (DABNetConfig(blocks_1=2, dilations_1=(2, 2), blocks_2=4, dilations_2=(4, 8, 16, 16)),
-                    "fewer DAB modules: 2 in stage 1, 4 in stage 2"),
+    "shallow_2_4": (
+        DABNetConfig(blocks_1=2, dilations_1=(2, 2), blocks_2=4, dilations_2=(4, 8, 16, 16)),
+        "fewer DAB modules: 2 in stage 1, 4 in stage 2",
+    ),
     "no_dilation": (DABNetConfig(dilations_1=(1, 1, 1), dilations_2=(1,) * 6), "all dilation rates 1"),
     "dilation_2_4": (DABNetConfig(dilations_2=(2, 2, 4, 4, 4, 4)), "smaller stage-2 dilations (2,2,4,4,4,4)"),
     "kernel_5": (DABNetConfig(dw_kernel=5), "depth-wise kernel 5 (5x1+1x5)"),
@@ -71,12 +73,23 @@ def ablation_recipe(dataset: str, profile: str, iters: int | None = None, **over
     unless overridden), so that machine load changes the minutes, never what is trained."""
     base = get_recipe(dataset, profile)
     budget = ABLATION_ITERS.get(profile) if iters is None else iters
-    changes: dict[str, Any] = {"train_split": "train", "val_split": "val", "val_every": 0, "save_every": 0,
-                               "compile": False, "amp": "off"}
+    changes: dict[str, Any] = {
+        "train_split": "train",
+        "val_split": "val",
+        "val_every": 0,
+        "save_every": 0,
+        "compile": False,
+        "amp": "off",
+    }
     if budget is not None:
         budget = int(budget)
-        changes.update(max_iters=budget, epochs=max(base.epochs, budget), minutes=None, final_fraction=0.0,
-                       warmup_iters=max(1, round(WARMUP_FRACTION * budget)))
+        changes.update(
+            max_iters=budget,
+            epochs=max(base.epochs, budget),
+            minutes=None,
+            final_fraction=0.0,
+            warmup_iters=max(1, round(WARMUP_FRACTION * budget)),
+        )
     if base.threads == "auto":
         changes["threads"] = None
     changes.update(overrides)

@@ -25,8 +25,14 @@ def split_summary(dataset: str, root: str | Path) -> pd.DataFrame:
         for image_path, _ in ds.samples:
             h, w = _png_size(image_path)
             sizes[f"{h}x{w}"] += 1
-        rows.append({"split": split, "images": len(ds), "labelled": ds.has_labels,
-                     "image_sizes": ", ".join(f"{s}: {n}" for s, n in sizes.most_common())})
+        rows.append(
+            {
+                "split": split,
+                "images": len(ds),
+                "labelled": ds.has_labels,
+                "image_sizes": ", ".join(f"{s}: {n}" for s, n in sizes.most_common()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -42,12 +48,14 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 def class_table(stats: dict, info: DatasetInfo) -> pd.DataFrame:
     """Per class: pixel ``frequency`` (fraction of labelled pixels) and ``weight`` = 1/ln(1.10 + p)."""
-    return pd.DataFrame({
-        "class": list(info.classes),
-        "pixels": stats["class_counts"],
-        "frequency": stats["class_frequencies"],
-        "weight": stats["class_weights"],
-    })
+    return pd.DataFrame(
+        {
+            "class": list(info.classes),
+            "pixels": stats["class_counts"],
+            "frequency": stats["class_frequencies"],
+            "weight": stats["class_weights"],
+        }
+    )
 
 
 def class_presence(dataset: SegmentationDataset, progress: bool = True) -> pd.DataFrame:
@@ -70,9 +78,10 @@ def plot_class_frequencies(table: pd.DataFrame, info: DatasetInfo) -> Figure:
     ax.set_yscale("log")
     ax.set_ylabel("fraction of labelled pixels (log)")
     ax.set_title(f"{info.name}: class pixel frequencies (labels above bars: class weight 1/ln(1.10+p))")
-    for bar, weight in zip(bars, table["weight"]):
-        ax.annotate(f"{weight:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+    for bar, weight in zip(bars, table["weight"], strict=True):
+        ax.annotate(
+            f"{weight:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+        )
     ax.tick_params(axis="x", rotation=45)
     return fig
 

@@ -18,8 +18,9 @@ import base64
 import html
 import io
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -45,8 +46,14 @@ class LiveProgress(TrainingCallback):
     display: the function that shows or updates an output (IPython's ``display``; replaceable in tests).
     """
 
-    def __init__(self, live: bool = True, plot_every: int | None = None, min_refresh_s: float = 0.5,
-                 lines: int = 10, display: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        live: bool = True,
+        plot_every: int | None = None,
+        min_refresh_s: float = 0.5,
+        lines: int = 10,
+        display: Callable[..., Any] | None = None,
+    ) -> None:
         self.live, self.plot_every, self.min_refresh_s, self.lines = live, plot_every, min_refresh_s, max(1, lines)
         self._display = display
         self.points: list[dict[str, Any]] = []  # rows for plot_curves: {"iteration", "loss"/"lr"/"val_miou"}
@@ -113,8 +120,13 @@ class LiveProgress(TrainingCallback):
 
             budget = info["budget_s"]
             total = int(budget) if budget else info["total_iters"]
-            self.bar = tqdm(total=total, initial=self._bar_position(info), unit="s" if budget else "it",
-                            desc="training", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                initial=self._bar_position(info),
+                unit="s" if budget else "it",
+                desc="training",
+                dynamic_ncols=True,
+            )
         return self.bar
 
     def _refresh_bar(self, info: IterationInfo, now: float) -> None:
@@ -123,8 +135,12 @@ class LiveProgress(TrainingCallback):
         self._images, self._t_last = 0, now
         if loss is not None:
             self.points.append({"iteration": info["iteration"], "loss": loss})
-        self.bar.set_postfix(epoch=info["epoch"] + 1, loss="-" if loss is None else f"{loss:.4f}",
-                             lr=f"{info['lr']:.2e}", **{"img/s": f"{rate:.1f}"})
+        self.bar.set_postfix(
+            epoch=info["epoch"] + 1,
+            loss="-" if loss is None else f"{loss:.4f}",
+            lr=f"{info['lr']:.2e}",
+            **{"img/s": f"{rate:.1f}"},
+        )
 
     # -- the figure ---------------------------------------------------------------------------------
     def _draw(self) -> None:
@@ -136,7 +152,7 @@ class LiveProgress(TrainingCallback):
         encoded = base64.b64encode(png).decode("ascii")
         bundle = {
             "text/html": f'<img class="{LIVE_PLOT_CLASS}" data-updates="{self.plot_updates}" '
-                         f'alt="{html.escape(self._caption())}" src="data:image/png;base64,{encoded}"/>',
+            f'alt="{html.escape(self._caption())}" src="data:image/png;base64,{encoded}"/>',
             "image/png": encoded,
             "text/plain": self._caption(),
         }
@@ -160,8 +176,11 @@ class LiveProgress(TrainingCallback):
         rate = self._images / max(now - self._t_last, 1e-9)
         self._images, self._t_last = 0, now
         self._next_line = (int(done * self.lines) + 1) / self.lines
-        print(f"{100 * min(done, 1.0):3.0f}%  iteration {info['iteration']}/{info['total_iters']}, "
-              f"loss {'-' if loss is None else f'{loss:.4f}'}, lr {info['lr']:.2e}, {rate:.1f} img/s", flush=True)
+        print(
+            f"{100 * min(done, 1.0):3.0f}%  iteration {info['iteration']}/{info['total_iters']}, "
+            f"loss {'-' if loss is None else f'{loss:.4f}'}, lr {info['lr']:.2e}, {rate:.1f} img/s",
+            flush=True,
+        )
 
 
 def _ipython_display(bundle: Mapping[str, Any], **kwargs: Any) -> Any:

@@ -23,8 +23,9 @@ def rank_images(predictor: Predictor, dataset: SegmentationDataset, progress: bo
         cm = ConfusionMatrix(info.num_classes, info.ignore_index)
         cm.update(predictor.predict(image), label)
         scores = cm.compute()
-        rows.append({"index": i, "name": dataset.name(i), "miou": scores["miou"],
-                     "pixel_accuracy": scores["pixel_accuracy"]})
+        rows.append(
+            {"index": i, "name": dataset.name(i), "miou": scores["miou"], "pixel_accuracy": scores["pixel_accuracy"]}
+        )
     table = pd.DataFrame(rows).sort_values("miou", ascending=False, kind="stable")
     return table.reset_index(drop=True)
 
@@ -61,7 +62,12 @@ def example_rows(predictor: Predictor, dataset: SegmentationDataset, picks: pd.D
     rows = []
     for _, pick in picks.iterrows():
         image, label = dataset.load(int(pick["index"]))
-        rows.append({"image": image, "label": label, "pred": predictor.predict(image),
-                     "title": f"{pick['group']}: {pick['name']} (mIoU {100 * pick['miou']:.1f}%)"})
+        rows.append(
+            {
+                "image": image,
+                "label": label,
+                "pred": predictor.predict(image),
+                "title": f"{pick['group']}: {pick['name']} (mIoU {100 * pick['miou']:.1f}%)",
+            }
+        )
     return rows
-

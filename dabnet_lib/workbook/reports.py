@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -40,15 +41,21 @@ def git_commit(short: bool = True) -> str:
         rev = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def provenance(profile: str, budget: str, command: str, device: str | None = None,
-               extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+def provenance(
+    profile: str, budget: str, command: str, device: str | None = None, extra: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """The provenance block every report table carries."""
     meta = {
         "profile": profile,
@@ -84,10 +91,14 @@ class TableView:
 
 #: Markdown views of the workbook's reports, by file name (``reports/<name>.md``).
 VIEWS: dict[str, TableView] = {
-    "fps": TableView(("input", "batch", "variant", "ms", "fps", "speedup", "parity"),
-                     facts=("device", "threads", "torch", "load_avg_start", "load_avg_end"), problems="error"),
-    "ablations": TableView(("variant", "change", "seeds", "val_miou", "delta", "ci_low", "ci_high", "verdict",
-                            "params", "cpu_ms_360x480")),
+    "fps": TableView(
+        ("input", "batch", "variant", "ms", "fps", "speedup", "parity"),
+        facts=("device", "threads", "torch", "load_avg_start", "load_avg_end"),
+        problems="error",
+    ),
+    "ablations": TableView(
+        ("variant", "change", "seeds", "val_miou", "delta", "ci_low", "ci_high", "verdict", "params", "cpu_ms_360x480")
+    ),
 }
 MAX_MARKDOWN_COLUMNS = 10  # a test holds every committed report .md to this
 _SHOWN_KEY = "table"  # header key naming how many columns the .md shows
@@ -122,21 +133,35 @@ def _view(df: pd.DataFrame, view: TableView | None, csv_name: str) -> tuple[pd.D
     return df[shown], header, problems
 
 
-def _markdown(df: pd.DataFrame, stem: Path, meta: Mapping[str, str], title: str, notes: Sequence[str],
-              floatfmt: str, view: TableView | None) -> str:
+def _markdown(
+    df: pd.DataFrame,
+    stem: Path,
+    meta: Mapping[str, str],
+    title: str,
+    notes: Sequence[str],
+    floatfmt: str,
+    view: TableView | None,
+) -> str:
     shown, header, problems = _view(df, view, stem.with_suffix(".csv").name)
     lines = [f"# {title}", ""]
-    lines += [f"- **{key}**: {'`' + value + '`' if key == 'command' else value}"
-              for key, value in {**meta, **header}.items()]
+    lines += [
+        f"- **{key}**: {'`' + value + '`' if key == 'command' else value}" for key, value in {**meta, **header}.items()
+    ]
     lines += ["", to_markdown(shown, floatfmt), ""]
     if notes or problems:
         lines += [f"- {note}" for note in [*notes, *problems]] + [""]
     return "\n".join(lines)
 
 
-def write_table(df: pd.DataFrame, stem: str | Path, meta: Mapping[str, str], title: str,
-                notes: Sequence[str] = (), floatfmt: str = ".2f",
-                view: TableView | None = None) -> tuple[Path, Path]:
+def write_table(
+    df: pd.DataFrame,
+    stem: str | Path,
+    meta: Mapping[str, str],
+    title: str,
+    notes: Sequence[str] = (),
+    floatfmt: str = ".2f",
+    view: TableView | None = None,
+) -> tuple[Path, Path]:
     """Write ``<stem>.csv`` (every column) and ``<stem>.md`` (title, provenance, the table under ``view``
     -- default ``VIEWS[stem name]``, else every column -- and notes); returns both paths."""
     stem = Path(stem)

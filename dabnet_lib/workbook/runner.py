@@ -19,9 +19,10 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import DabnetError
 from ..paths import NOTEBOOK_DIR, REPO_ROOT, REPORTS, RUNS, default_data_root
@@ -45,7 +46,7 @@ class Layout:
     runs: Path
 
     @classmethod
-    def for_profile(cls, profile: str, dataset: str, root: Path = REPO_ROOT) -> "Layout":
+    def for_profile(cls, profile: str, dataset: str, root: Path = REPO_ROOT) -> Layout:
         if profile == "smoke":
             return cls(root / RUNS / "smoke" / dataset / REPORTS, root / RUNS / "smoke" / dataset)
         if profile == "cpu" and dataset == "camvid":
@@ -65,8 +66,10 @@ def training_result(run_dir: str | Path) -> Path:
 
     summary = Path(run_dir) / TRAIN_SUBDIR / "summary.json"
     if not summary.is_file():
-        raise DabnetError(f"no finished training run in {summary.parent}: run notebook 03 first "
-                          f"(make nb N=03) or pass checkpoint=<path>")
+        raise DabnetError(
+            f"no finished training run in {summary.parent}: run notebook 03 first "
+            f"(make nb N=03) or pass checkpoint=<path>"
+        )
     return Path(json.loads(summary.read_text())["result"])
 
 
@@ -82,12 +85,15 @@ def training_budget(checkpoint: Mapping[str, Any]) -> str:
     crop = "x".join(str(v) for v in recipe.get("crop_size", ()))
     if recipe.get("final_fraction") and recipe.get("final_crop_size"):
         crop += " -> " + "x".join(str(v) for v in recipe["final_crop_size"])
-    text = (f"{recipe.get('profile')} profile: {limit} on {recipe.get('train_split')}, batch {recipe.get('batch_size')}, "
-            f"crop {crop}; reached epoch {checkpoint.get('epoch')}, {checkpoint.get('iteration', 0):,} iterations")
+    text = (
+        f"{recipe.get('profile')} profile: {limit} on {recipe.get('train_split')}, batch {recipe.get('batch_size')}, "
+        f"crop {crop}; reached epoch {checkpoint.get('epoch')}, {checkpoint.get('iteration', 0):,} iterations"
+    )
     if checkpoint.get("elapsed_s") is not None and checkpoint.get("hardware"):
         choice = (checkpoint.get("training_choice") or {}).get("label")
-        text += (f"; trained in {checkpoint['elapsed_s'] / 60:.1f} min on {checkpoint['hardware']}"
-                 + (f" as {choice}" if choice else ""))
+        text += f"; trained in {checkpoint['elapsed_s'] / 60:.1f} min on {checkpoint['hardware']}" + (
+            f" as {choice}" if choice else ""
+        )
     return text
 
 
@@ -100,9 +106,16 @@ class ParameterError(DabnetError, ValueError):
 
 
 #: Python types by the names a default's type or an annotation uses.
-_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,),
-                                       "list": (list, tuple), "tuple": (tuple, list), "dict": (dict,),
-                                       "None": (type(None),)}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (float, int),
+    "str": (str,),
+    "bool": (bool,),
+    "list": (list, tuple),
+    "tuple": (tuple, list),
+    "dict": (dict,),
+    "None": (type(None),),
+}
 
 
 def declared_parameters(name: str) -> dict[str, dict[str, Any]]:
@@ -132,8 +145,9 @@ def _allowed_types(spec: Mapping[str, Any]) -> tuple[str, tuple[type, ...]] | No
     return " | ".join(names), tuple(t for n in names for t in _TYPES[n])
 
 
-def check_parameters(name: str, parameters: Mapping[str, Any],
-                     declared: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+def check_parameters(
+    name: str, parameters: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
     """Raise :class:`ParameterError` (one line) for a parameter ``notebooks/<name>`` does not declare or
     a value of another type than its declaration shows (an int is accepted for a float)."""
     import difflib
@@ -151,8 +165,10 @@ def check_parameters(name: str, parameters: Mapping[str, Any],
             continue
         kind, types = allowed
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ParameterError(f"notebook {name}: parameter {key!r} takes {kind} (default "
-                                 f"{declared[key].get('default')}), got {type(value).__name__} {value!r}; valid: {valid}")
+            raise ParameterError(
+                f"notebook {name}: parameter {key!r} takes {kind} (default "
+                f"{declared[key].get('default')}), got {type(value).__name__} {value!r}; valid: {valid}"
+            )
 
 
 def resolve(name: str) -> str:
@@ -164,9 +180,15 @@ def resolve(name: str) -> str:
     raise ParameterError(f"unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
 
 
-def notebook_parameters(name: str, profile: str, dataset: str, layout: Layout,
-                        data_root: str | None = None, seed: int = 0,
-                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def notebook_parameters(
+    name: str,
+    profile: str,
+    dataset: str,
+    layout: Layout,
+    data_root: str | None = None,
+    seed: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The documented parameters every notebook takes (plus its own knobs from ``extra``); run-all's 03
     publishes its result to :func:`published_checkpoint` and 04-06 evaluate that file once it exists."""
     params: dict[str, Any] = {
@@ -208,13 +230,12 @@ def _kernel_name() -> str:
 
         if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
             return KERNEL_NAME
-    except Exception:  # jupyter_client missing or broken config: fall back to the default kernel
+    except (ImportError, OSError, ValueError):  # jupyter_client missing or a broken kernelspec: the default kernel
         pass
     return "python3"
 
 
-def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path,
-                 progress: bool = True) -> Path:
+def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path, progress: bool = True) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with ``parameters`` into ``out_dir/<name>.ipynb`` (checked first:
     :func:`check_parameters`; ``live`` defaults to False in an executed copy)."""
     import papermill as pm
@@ -231,11 +252,15 @@ def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path,
     start = time.perf_counter()
     try:
         pm.execute_notebook(
-            str(NOTEBOOK_DIR / f"{name}.ipynb"), str(partial), parameters=dict(parameters),
-            kernel_name=_kernel_name(), cwd=str(REPO_ROOT), progress_bar=progress,
+            str(NOTEBOOK_DIR / f"{name}.ipynb"),
+            str(partial),
+            parameters=dict(parameters),
+            kernel_name=_kernel_name(),
+            cwd=str(REPO_ROOT),
+            progress_bar=progress,
             request_save_on_cell_execute=True,
         )
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001  (Ctrl-C too: keep the partial notebook, then one message)
         if partial.exists():
             os.replace(partial, failed)
         if isinstance(exc, KeyboardInterrupt):
@@ -264,10 +289,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--dataset", default="camvid", choices=("camvid", "cityscapes"))
     run.add_argument("--data-root", default=None)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--reports", default=None, metavar="DIR",
-                     help="reports folder (default: the profile's, see `where reports`); notebooks go to DIR/notebooks")
-    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="extra notebook parameter (value parsed as Python literal when possible)")
+    run.add_argument(
+        "--reports",
+        default=None,
+        metavar="DIR",
+        help="reports folder (default: the profile's, see `where reports`); notebooks go to DIR/notebooks",
+    )
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra notebook parameter (value parsed as Python literal when possible)",
+    )
     run.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -279,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         extra = dict(_parse_param(p) for p in args.param)
-        params = notebook_parameters(args.notebook, args.profile, args.dataset, layout, args.data_root, args.seed,
-                                     extra)
+        params = notebook_parameters(
+            args.notebook, args.profile, args.dataset, layout, args.data_root, args.seed, extra
+        )
         name = resolve(args.notebook)
         check_parameters(name, params)  # before anything runs or is printed
     except ParameterError as exc:

@@ -12,18 +12,20 @@ Without the ``tensorboard`` package training runs as before and says once how to
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
+from ..data.colors import colorize
 from ..data.datasets import get_info
 from ..training.training_events import Examples, IterationInfo, TrainingCallback, kept_loss
-from ..data.colors import colorize
 
 INSTALL_HINT = "TensorBoard logging is off: `pip install tensorboard` (or `make setup`) turns it on"
 _warned = False
@@ -32,14 +34,15 @@ _warned = False
 def tensorboard_available() -> bool:
     """True when ``torch.utils.tensorboard`` can write event files (the ``tensorboard`` package is installed)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        importlib.import_module("torch.utils.tensorboard")  # raises ImportError without the tensorboard package
     except ImportError:
         return False
     return True
 
 
-def example_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int,
-                  max_width: int = 720) -> np.ndarray:
+def example_panel(
+    image: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.ndarray, ignore_index: int, max_width: int = 720
+) -> np.ndarray:
     """``uint8 (H, 3W, 3)`` RGB: photo | ground truth | prediction side by side, shrunk to ``max_width``."""
     panel = np.concatenate([image, colorize(label, palette, ignore_index), colorize(pred, palette, ignore_index)], 1)
     if panel.shape[1] > max_width:
@@ -56,8 +59,14 @@ class TensorBoardLogger(TrainingCallback):
     ``examples``: validation images logged per validation (0 = none).
     """
 
-    def __init__(self, log_dir: str | Path, recipe: Mapping[str, Any] | None = None, dataset: str | None = None,
-                 every: int = 10, examples: int = 3) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path,
+        recipe: Mapping[str, Any] | None = None,
+        dataset: str | None = None,
+        every: int = 10,
+        examples: int = 3,
+    ) -> None:
         self.log_dir, self.recipe = Path(log_dir), dict(recipe or {})
         self.info = get_info(dataset or self.recipe.get("dataset", "camvid"))
         self.every, self.examples = max(1, int(every)), int(examples)
@@ -95,8 +104,11 @@ class TensorBoardLogger(TrainingCallback):
 
     def on_epoch(self, row: Mapping[str, Any]) -> None:
         w, step = self._open(int(row["iteration"])), int(row["iteration"])
-        for key, tag in (("loss", "epoch/loss"), ("images_per_s", "epoch/images_per_s"),
-                         ("skipped_steps", "epoch/skipped_steps")):
+        for key, tag in (
+            ("loss", "epoch/loss"),
+            ("images_per_s", "epoch/images_per_s"),
+            ("skipped_steps", "epoch/skipped_steps"),
+        ):
             if row.get(key) is not None:
                 w.add_scalar(tag, float(row[key]), step)
 

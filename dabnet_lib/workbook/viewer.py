@@ -16,16 +16,17 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from ..data.colors import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay, to_png_bytes
 from ..errors import DabnetError
 from ..training.metrics import ConfusionMatrix
-from ..data.colors import ERROR_CORRECT, ERROR_IGNORED, ERROR_WRONG, colorize, error_map, overlay, to_png_bytes
 
 LAYERS = ("image", "ground truth", "prediction", "error")
 DIM = 0.3  # brightness kept by the pixels outside the highlighted class
@@ -43,6 +44,7 @@ class SampleSource(Protocol):
     """What the viewer needs from a dataset (a :class:`~dabnet_lib.data.datasets.SegmentationDataset`)."""
 
     info: Any
+
     def __len__(self) -> int: ...
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]: ...
     def name(self, i: int) -> str: ...
@@ -225,8 +227,9 @@ class PredictionViewer:
         self._iou: tuple[tuple[str, int], pd.DataFrame] | None = None
         self._rendered: np.ndarray | None = None
         self._syncing = False
-        state = ViewerState(split=split or next(iter(self.datasets)), index=int(index), layer=layer,
-                            opacity=float(opacity))
+        state = ViewerState(
+            split=split or next(iter(self.datasets)), index=int(index), layer=layer, opacity=float(opacity)
+        )
         self._validate(state)
         self.state = state
         self._build_widgets()
@@ -332,12 +335,19 @@ class PredictionViewer:
             "split": w.Dropdown(options=list(self.datasets), value=s.split, description="split"),
             "index": w.IntSlider(value=s.index, min=0, max=n - 1, description="image", continuous_update=False),
             # buttons as wide as their labels, the row as wide as the buttons: one row, full labels
-            "layer": w.ToggleButtons(options=list(LAYERS), value=s.layer, style={"button_width": "auto"},
-                                     layout=w.Layout(width="max-content")),
-            "opacity": w.FloatSlider(value=s.opacity, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False),
+            "layer": w.ToggleButtons(
+                options=list(LAYERS),
+                value=s.layer,
+                style={"button_width": "auto"},
+                layout=w.Layout(width="max-content"),
+            ),
+            "opacity": w.FloatSlider(
+                value=s.opacity, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False
+            ),
             "highlight": w.Dropdown(
                 options=[("(none)", NO_HIGHLIGHT)] + [(str(c), i) for i, c in enumerate(self.info.classes)],
-                value=NO_HIGHLIGHT, description="highlight",
+                value=NO_HIGHLIGHT,
+                description="highlight",
             ),
         }
         for field, control in self.controls.items():
@@ -369,8 +379,9 @@ class PredictionViewer:
                 w.HBox([c["opacity"], c["highlight"]]),
                 self.status_widget,
                 self.error_widget,
-                w.HBox([self.image_widget, self.iou_widget],
-                       layout=w.Layout(align_items="flex-start")),  # never stretch the image
+                w.HBox(
+                    [self.image_widget, self.iou_widget], layout=w.Layout(align_items="flex-start")
+                ),  # never stretch the image
                 self.legend_widget,
             ]
         )
@@ -395,7 +406,9 @@ class PredictionViewer:
             self.error_widget.value = ""
         except Exception as exc:  # shown to the user, and logged with its traceback
             log.exception("viewer update %s failed", changes)
-            self.error_widget.value = f"<span style='color:#b00'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
+            self.error_widget.value = (
+                f"<span style='color:#b00'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
+            )
             self._sync_widgets()
 
     def _sync_widgets(self) -> None:

@@ -12,14 +12,16 @@ one only when it is the cell's value or passed to ``display``): ``fig.savefig(pa
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..data.colors import ERROR_CORRECT, ERROR_WRONG, VisualizeError, colorize, error_map, to_numpy
-from ..training.curves import new_figure, plot_curves  # noqa: F401  (notebooks draw a run's curves from here)
+from ..training.curves import new_figure
+from ..training.curves import plot_curves as plot_curves  # re-exported: notebook 03 draws a run's curves from here
 
 GRID_COLUMNS = ("image", "ground truth", "prediction", "error")
 
@@ -41,7 +43,9 @@ def legend_handles(classes: Sequence[str], palette: np.ndarray, ignore_name: str
     pal = np.asarray(palette, dtype=np.uint8)
     if pal.shape[0] < len(classes):
         raise VisualizeError(f"legend_handles: palette has {pal.shape[0]} colours for {len(classes)} classes")
-    handles = [Patch(facecolor=pal[i] / 255.0, edgecolor="black", linewidth=0.3, label=str(n)) for i, n in enumerate(classes)]
+    handles = [
+        Patch(facecolor=pal[i] / 255.0, edgecolor="black", linewidth=0.3, label=str(n)) for i, n in enumerate(classes)
+    ]
     if ignore_name is not None:
         handles.append(Patch(facecolor=pal[-1] / 255.0, edgecolor="black", linewidth=0.3, label=ignore_name))
     return handles
@@ -114,8 +118,17 @@ def plot_confusion(confusion: Any, classes: Sequence[str], annotate: bool | None
     fig = new_figure((side + 1.0, side))
     ax = fig.subplots()
     sns.heatmap(
-        norm, ax=ax, vmin=0, vmax=100, cmap="Blues", square=True, annot=annotate, fmt=".0f",
-        annot_kws={"fontsize": 7}, xticklabels=list(classes), yticklabels=list(classes),
+        norm,
+        ax=ax,
+        vmin=0,
+        vmax=100,
+        cmap="Blues",
+        square=True,
+        annot=annotate,
+        fmt=".0f",
+        annot_kws={"fontsize": 7},
+        xticklabels=list(classes),
+        yticklabels=list(classes),
         cbar_kws={"label": "% of ground-truth pixels"},
     )
     ax.set_xlabel("prediction")

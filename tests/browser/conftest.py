@@ -6,15 +6,16 @@ server's log and the screenshots are kept under artifacts/browser/ (git-ignored)
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from lab_harness import LabServer, launch_chromium, loopback_only
 from lab_page import NotebookPage
+from playwright.sync_api import Error as PlaywrightError
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
@@ -55,8 +56,7 @@ def workspace() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def lab_server(kernel_name: str, artifacts_dir: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+def lab_server(kernel_name: str, artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     """JupyterLab on a free loopback port with a random token, rooted at the repository."""
     server = LabServer(REPO, tmp_path_factory.mktemp("jupyter"))
     try:
@@ -81,8 +81,9 @@ def chromium() -> Iterator[object]:
 
 
 @pytest.fixture
-def notebook_page(chromium: object, lab_server: LabServer, artifacts_dir: Path,
-                  request: pytest.FixtureRequest) -> Iterator[NotebookPage]:
+def notebook_page(
+    chromium: object, lab_server: LabServer, artifacts_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[NotebookPage]:
     """A fresh browser context and page that can reach only the server (``.refused`` lists what it
     tried beyond it); a failing test leaves artifacts/browser/<test>-failure.png."""
     context = chromium.new_context(viewport={"width": 1400, "height": 1100})  # type: ignore[attr-defined]
@@ -93,10 +94,9 @@ def notebook_page(chromium: object, lab_server: LabServer, artifacts_dir: Path,
         yield NotebookPage(page, lab_server, refused)
     finally:
         if getattr(request.node, "rep_call_failed", False):
-            try:
+            # The page may be gone (playwright raises its Error); the screenshot is only a courtesy.
+            with contextlib.suppress(PlaywrightError):
                 page.screenshot(path=str(artifacts_dir / f"{request.node.name}-failure.png"), full_page=True)
-            except Exception:  # the page may be gone; the screenshot is only a courtesy
-                pass
         context.close()
 
 

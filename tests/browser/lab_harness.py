@@ -8,6 +8,7 @@ written; the browser refuses every request that is not for the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,8 +20,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import nbformat
 
@@ -84,8 +86,9 @@ class LabServer:
         # no "get notified about Jupyter news?" toast over the page
         labconfig = self.state_dir / "config" / "labconfig"
         labconfig.mkdir(parents=True, exist_ok=True)
-        (labconfig / "page_config.json").write_text(json.dumps(
-            {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+        (labconfig / "page_config.json").write_text(
+            json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+        )
         env["JUPYTER_TOKEN"] = self.token  # IdentityProvider.token; kept out of the process list
         env["PYTHONUNBUFFERED"] = "1"
         return env
@@ -93,10 +96,14 @@ class LabServer:
     def command(self) -> list[str]:
         root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
         return [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable,
+            "-m",
+            "jupyterlab",
             "--no-browser",
-            "--ip", "127.0.0.1",
-            "--port", str(self.port),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
             "--ServerApp.port_retries=0",
             f"--ServerApp.root_dir={self.root_dir}",
             "--ServerApp.open_browser=False",
@@ -111,19 +118,20 @@ class LabServer:
     def start(self) -> None:
         """Start the server in its own process group (returns at once; see :meth:`wait_ready`)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
-        try:
+        with self.log_path.open("wb") as log:  # the child holds its own copy of the descriptor
             self.proc = subprocess.Popen(
-                self.command(), cwd=self.root_dir, env=self.env(), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                self.command(),
+                cwd=self.root_dir,
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-        finally:
-            log.close()
 
     def api(self, path: str, timeout: float = 5.0) -> Any:
         """GET ``/api/<path>`` with the token; returns the decoded JSON."""
-        req = urllib.request.Request(f"{self.base_url}/api/{path}",
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(f"{self.base_url}/api/{path}", headers={"Authorization": f"token {self.token}"})
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode())
 
@@ -139,8 +147,9 @@ class LabServer:
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
                 time.sleep(0.25)
-        raise RuntimeError(f"jupyter lab did not answer on {self.base_url} within "
-                           f"{self.startup_timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"jupyter lab did not answer on {self.base_url} within {self.startup_timeout:.0f} s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -156,22 +165,18 @@ class LabServer:
             return
         pgid = proc.pid  # start_new_session: the group id is the server's pid
         _signal_group(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(pgid, signal.SIGKILL)  # kernels may outlive a server that exited
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
 
     def url(self, path: str) -> str:
         """Browser URL of ``path`` (e.g. ``lab/tree/x.ipynb``) carrying the token."""
         sep = "&" if "?" in path else "?"
         return f"{self.base_url}/{path.lstrip('/')}{sep}token={self.token}"
 
-    def __enter__(self) -> "LabServer":
+    def __enter__(self) -> LabServer:
         self.start()
         try:
             self.wait_ready()
@@ -185,10 +190,8 @@ class LabServer:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def launch_chromium(playwright: Any, extra_args: Sequence[str] = ()) -> Any:
@@ -196,7 +199,9 @@ def launch_chromium(playwright: Any, extra_args: Sequence[str] = ()) -> Any:
     if not CHROMIUM.is_file():
         raise RuntimeError(f"{CHROMIUM} not found: run scripts/ensure_chromium.sh (or set CHROMIUM)")
     return playwright.chromium.launch(
-        executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, *extra_args],
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[*CHROMIUM_ARGS, *extra_args],
     )
 
 
@@ -217,8 +222,9 @@ def loopback_only(context: Any, base_url: str) -> list[str]:
     return refused
 
 
-def parameterised_copy(source: Path, dest: Path, parameters: Mapping[str, Any], kernel_name: str,
-                       extra_cells: Sequence[str] = ()) -> Path:
+def parameterised_copy(
+    source: Path, dest: Path, parameters: Mapping[str, Any], kernel_name: str, extra_cells: Sequence[str] = ()
+) -> Path:
     """Copy ``source`` to ``dest`` with its ``parameters``-tagged cell's assignments replaced by
     ``parameters`` (the other lines kept), the kernel set to ``kernel_name`` and outputs cleared.
 

@@ -18,7 +18,6 @@ IMAGE_DIGEST_JS = """async (img) => {
 }"""
 
 
-
 class NotebookPage:
     """A JupyterLab page showing one notebook, driven the way a person would (menus, keys, clicks).
 
@@ -46,7 +45,8 @@ class NotebookPage:
     def wait_idle(self, timeout: float) -> None:
         """Wait until the notebook's kernel is connected and idle (toolbar indicator and status bar)."""
         self.page.locator(".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-            timeout=timeout * 1000)
+            timeout=timeout * 1000
+        )
         wait_until(lambda: self.kernel_status().rstrip().endswith("Idle"), timeout, what="kernel status 'Idle'")
 
     def prompts(self) -> list[str]:
@@ -64,8 +64,10 @@ class NotebookPage:
                 return
             except TimeoutError:
                 self.page.keyboard.press("Escape")
-        raise TimeoutError(f"Run > Run All Cells did not start execution after {attempts} tries "
-                           f"(kernel status: {self.kernel_status()!r})")
+        raise TimeoutError(
+            f"Run > Run All Cells did not start execution after {attempts} tries "
+            f"(kernel status: {self.kernel_status()!r})"
+        )
 
     def errors(self) -> list[str]:
         """Tracebacks shown in output areas (for failure messages)."""
@@ -89,9 +91,12 @@ class LiveTrainingDriver:
 
     def plots(self) -> list[dict[str, Any]]:
         """Every live figure in the page: its update counter and the length of its picture data."""
-        return list(self.page.locator(self.PLOT).evaluate_all(
-            "imgs => imgs.map(i => ({updates: Number(i.dataset.updates), bytes: i.src.length,"
-            " loaded: i.complete && i.naturalWidth > 0}))"))
+        return list(
+            self.page.locator(self.PLOT).evaluate_all(
+                "imgs => imgs.map(i => ({updates: Number(i.dataset.updates), bytes: i.src.length,"
+                " loaded: i.complete && i.naturalWidth > 0}))"
+            )
+        )
 
 
 class ViewerDriver:
@@ -130,8 +135,10 @@ class ViewerDriver:
             outcome = str(exc)
         if outcome != "image":
             tracebacks = nb.errors()
-            raise AssertionError(f"the viewer did not appear ({outcome}); cell prompts: {nb.prompts()}\n"
-                                 + (tracebacks[-1][-3000:] if tracebacks else "no traceback shown"))
+            raise AssertionError(
+                f"the viewer did not appear ({outcome}); cell prompts: {nb.prompts()}\n"
+                + (tracebacks[-1][-3000:] if tracebacks else "no traceback shown")
+            )
 
     def digest(self) -> dict[str, Any]:
         """``{src, bytes, sha256}`` of the image bytes the browser shows now."""
@@ -140,16 +147,20 @@ class ViewerDriver:
     def wait_for_new_image(self, old_sha: str, timeout: float) -> dict[str, Any] | None:
         """The new digest once the shown image differs from ``old_sha``, or None after ``timeout`` s."""
         try:
-            return wait_until(lambda: (d := self.digest())["sha256"] != old_sha and d, timeout,
-                              what="the viewer image to change")
+            return wait_until(
+                lambda: (d := self.digest())["sha256"] != old_sha and d, timeout, what="the viewer image to change"
+            )
         except TimeoutError:
             return None
 
     def geometry(self) -> dict[str, Any]:
         """Displayed box (``cw``, ``ch``), picture size (``nw``, ``nh``) and CSS ``object-fit`` of the image."""
-        return dict(self.image().evaluate(
-            "img => ({cw: img.clientWidth, ch: img.clientHeight, nw: img.naturalWidth, nh: img.naturalHeight,"
-            " fit: getComputedStyle(img).objectFit})"))
+        return dict(
+            self.image().evaluate(
+                "img => ({cw: img.clientWidth, ch: img.clientHeight, nw: img.naturalWidth, nh: img.naturalHeight,"
+                " fit: getComputedStyle(img).objectFit})"
+            )
+        )
 
     def distortion(self) -> float:
         """How much the page stretches the picture: |displayed aspect / picture aspect - 1| (0 = true shape).
@@ -173,17 +184,19 @@ class ViewerDriver:
     def layers(self) -> list[tuple[str, bool]]:
         """``(label, active)`` of each layer toggle button."""
         buttons = self.page.locator(f"{self.LAYER} button")
-        return [(b.inner_text().strip(), "mod-active" in (b.get_attribute("class") or ""))
-                for b in buttons.all()]
+        return [(b.inner_text().strip(), "mod-active" in (b.get_attribute("class") or "")) for b in buttons.all()]
 
     def layer_boxes(self) -> list[dict[str, Any]]:
         """Each layer button's label, bounding box (``x``, ``y``, ``w``, ``h`` in CSS pixels) and whether
         its label is cut (the text needs more width than the button gives it)."""
-        return list(self.page.locator(f"{self.LAYER} button").evaluate_all(
-            "buttons => buttons.map(b => { const r = b.getBoundingClientRect();"
-            " const inner = b.querySelector('.widget-label-basic') || b;"
-            " return {label: b.innerText.trim(), x: r.x, y: r.y, w: r.width, h: r.height,"
-            " cut: inner.scrollWidth > inner.clientWidth + 1 || b.scrollWidth > b.clientWidth + 1}; })"))
+        return list(
+            self.page.locator(f"{self.LAYER} button").evaluate_all(
+                "buttons => buttons.map(b => { const r = b.getBoundingClientRect();"
+                " const inner = b.querySelector('.widget-label-basic') || b;"
+                " return {label: b.innerText.trim(), x: r.x, y: r.y, w: r.width, h: r.height,"
+                " cut: inner.scrollWidth > inner.clientWidth + 1 || b.scrollWidth > b.clientWidth + 1}; })"
+            )
+        )
 
     def click_layer(self, label: str) -> None:
         self.page.locator(f"{self.LAYER} button", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")).click()

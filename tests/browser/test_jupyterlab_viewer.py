@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from dabnet_lib.workbook.viewer import LAYERS
-from dabnet_lib.workbook.runner import TRAIN_SUBDIR
 from lab_harness import parameterised_copy, wait_until
 from lab_page import LiveTrainingDriver, NotebookPage, ViewerDriver
+
+from dabnet_lib.workbook.runner import TRAIN_SUBDIR
+from dabnet_lib.workbook.viewer import LAYERS
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "05_qualitative_results.ipynb"
@@ -58,10 +58,25 @@ def smoke_run(workspace: Path, camvid_root: Path) -> Path:
         return run_dir
     run_dir = workspace / "smoke_run"
     out = run_dir / TRAIN_SUBDIR
-    cmd = [sys.executable, "-m", "dabnet_lib.cli", "train", "--dataset", "camvid", "--profile", "smoke",
-           "--data-root", str(camvid_root), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dabnet_lib.cli",
+        "train",
+        "--dataset",
+        "camvid",
+        "--profile",
+        "smoke",
+        "--data-root",
+        str(camvid_root),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=150)
-    assert proc.returncode == 0, f"smoke training failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"smoke training failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
     return run_dir
 
 
@@ -115,8 +130,14 @@ def exercise_viewer(nb: NotebookPage, notebook_rel: str, artifacts: Path, run_ti
     return {"first": first, "after_slider": after_slider, "after_layer": after_layer, "layer": target}
 
 
-def test_notebook_05_viewer_responds(notebook_page: NotebookPage, smoke_run: Path, camvid_root: Path,
-                                     workspace: Path, kernel_name: str, artifacts_dir: Path) -> None:
+def test_notebook_05_viewer_responds(
+    notebook_page: NotebookPage,
+    smoke_run: Path,
+    camvid_root: Path,
+    workspace: Path,
+    kernel_name: str,
+    artifacts_dir: Path,
+) -> None:
     """Notebook 05 with the smoke parameters: Run All in JupyterLab, then the viewer answers clicks."""
     assert NOTEBOOK.is_file(), f"{NOTEBOOK} is missing"
     params = {
@@ -130,8 +151,9 @@ def test_notebook_05_viewer_responds(notebook_page: NotebookPage, smoke_run: Pat
     if CHECKPOINT:  # every test image of the given weights; the viewer opens on the median one
         params.update(profile="cpu", checkpoint=str(Path(CHECKPOINT).resolve()))
     copy = parameterised_copy(NOTEBOOK, workspace / NOTEBOOK.name, params, kernel_name)
-    seen = exercise_viewer(notebook_page, copy.relative_to(REPO).as_posix(), artifacts_dir,
-                           run_timeout=540.0 if CHECKPOINT else 120.0)
+    seen = exercise_viewer(
+        notebook_page, copy.relative_to(REPO).as_posix(), artifacts_dir, run_timeout=540.0 if CHECKPOINT else 120.0
+    )
     assert len({seen["first"]["sha256"], seen["after_slider"]["sha256"], seen["after_layer"]["sha256"]}) == 3
     if PICTURE:
         Path(PICTURE).parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +161,9 @@ def test_notebook_05_viewer_responds(notebook_page: NotebookPage, smoke_run: Pat
 
 
 @pytest.mark.timeout(300)
-def test_notebook_03_shows_live_training_progress(notebook_page: NotebookPage, camvid_root: Path, workspace: Path,
-                                                  kernel_name: str, artifacts_dir: Path) -> None:
+def test_notebook_03_shows_live_training_progress(
+    notebook_page: NotebookPage, camvid_root: Path, workspace: Path, kernel_name: str, artifacts_dir: Path
+) -> None:
     """Notebook 03 with a smoke run of 4 epochs: the bar shows loss, lr and img/s, and one figure is
     redrawn in place (its update counter rises while the run goes; never a second figure)."""
     params = {
