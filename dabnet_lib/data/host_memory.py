@@ -17,9 +17,9 @@ and exact resume do not depend on which path was taken.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -79,8 +79,9 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def plan_caches(datasets: Sequence[SegmentationDataset | None], fraction: float, local_ranks: int = 1,
-                available: int | None = None) -> list[CachePlan]:
+def plan_caches(
+    datasets: Sequence[SegmentationDataset | None], fraction: float, local_ranks: int = 1, available: int | None = None
+) -> list[CachePlan]:
     """One :class:`CachePlan` per dataset (None entries are skipped), in order: earlier splits (the
     training split first) take their share of the budget before later ones. ``fraction`` in [0, 1] of
     ``available`` bytes (default: :func:`available_bytes` now), split over ``local_ranks`` processes."""
@@ -99,14 +100,32 @@ def plan_caches(datasets: Sequence[SegmentationDataset | None], fraction: float,
         if fraction <= 0:
             plans.append(CachePlan(ds, False, need, 0, f"{what}: decoded per access (cache_ram_fraction=0)"))
         elif left is None:
-            plans.append(CachePlan(ds, False, need, None,
-                                   f"{what}: decoded per access (free host memory unknown on this system)"))
+            plans.append(
+                CachePlan(
+                    ds, False, need, None, f"{what}: decoded per access (free host memory unknown on this system)"
+                )
+            )
         elif need <= left:
-            plans.append(CachePlan(ds, True, need, left, f"{what}: decoded once into RAM (budget {_gb(left)}: "
-                                                         f"cache_ram_fraction {share})"))
+            plans.append(
+                CachePlan(
+                    ds,
+                    True,
+                    need,
+                    left,
+                    f"{what}: decoded once into RAM (budget {_gb(left)}: cache_ram_fraction {share})",
+                )
+            )
             left -= need
         else:
-            plans.append(CachePlan(ds, False, need, left, f"{what}: decoded per access in the loader, it does not "
-                                                          f"fit the budget of {_gb(left)} (cache_ram_fraction "
-                                                          f"{share}; raise it to cache)"))
+            plans.append(
+                CachePlan(
+                    ds,
+                    False,
+                    need,
+                    left,
+                    f"{what}: decoded per access in the loader, it does not "
+                    f"fit the budget of {_gb(left)} (cache_ram_fraction "
+                    f"{share}; raise it to cache)",
+                )
+            )
     return plans

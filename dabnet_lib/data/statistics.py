@@ -33,8 +33,7 @@ def _writable_dir(path: Path) -> bool:
     """True when ``path`` is an existing folder we may write into. The owner's write bit is honoured even
     for root, so a read-only data folder (mode r-x) is never written to."""
     try:
-        return (path.is_dir() and bool(path.stat().st_mode & stat.S_IWUSR)
-                and os.access(path, os.W_OK | os.X_OK))
+        return path.is_dir() and bool(path.stat().st_mode & stat.S_IWUSR) and os.access(path, os.W_OK | os.X_OK)
     except OSError:
         return False
 
@@ -50,7 +49,7 @@ def default_cache_dir(root: str | Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dabnet"
 
 
-def _fingerprint(dataset: "SegmentationDataset") -> str:
+def _fingerprint(dataset: SegmentationDataset) -> str:
     """sha256 over the sorted file list with sizes and modification times (ns) plus the label space."""
     rows = []
     for image, label in dataset.samples:
@@ -64,17 +63,22 @@ def _fingerprint(dataset: "SegmentationDataset") -> str:
                 name = str(path)
             rows.append((name, st.st_size, st.st_mtime_ns))
     info = dataset.info
-    payload = {"version": _STATS_VERSION, "dataset": info.name, "num_classes": info.num_classes,
-               "ignore_index": info.ignore_index, "files": sorted(rows)}
+    payload = {
+        "version": _STATS_VERSION,
+        "dataset": info.name,
+        "num_classes": info.num_classes,
+        "ignore_index": info.ignore_index,
+        "files": sorted(rows),
+    }
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
-def _cache_file(dataset: "SegmentationDataset", cache_dir: Path) -> Path:
+def _cache_file(dataset: SegmentationDataset, cache_dir: Path) -> Path:
     where = hashlib.sha256(str(dataset.root.resolve()).encode()).hexdigest()[:12]
     return cache_dir / f"stats-{dataset.info.name}-{dataset.split}-{where}.json"
 
 
-def compute_statistics(dataset: "SegmentationDataset", progress: bool = True) -> dict[str, Any]:
+def compute_statistics(dataset: SegmentationDataset, progress: bool = True) -> dict[str, Any]:
     """Scan ``dataset`` (raw pairs, no transform) without any cache; see :func:`statistics`."""
     info = dataset.info
     if not dataset.has_labels:
@@ -83,8 +87,9 @@ def compute_statistics(dataset: "SegmentationDataset", progress: bool = True) ->
     channel_sq = np.zeros(3, dtype=np.float64)
     pixels = 0
     counts = np.zeros(max(256, info.ignore_index + 1), dtype=np.int64)
-    for i in tqdm(range(len(dataset)), desc=f"statistics {info.name} {dataset.split}", disable=not progress,
-                  unit="img"):
+    for i in tqdm(
+        range(len(dataset)), desc=f"statistics {info.name} {dataset.split}", disable=not progress, unit="img"
+    ):
         image, label = dataset.load(i)
         flat = image.reshape(-1, 3).astype(np.float64)
         channel_sum += flat.sum(axis=0)
@@ -113,8 +118,9 @@ def compute_statistics(dataset: "SegmentationDataset", progress: bool = True) ->
     }
 
 
-def statistics(dataset: "SegmentationDataset", cache_dir: str | Path | None = None, progress: bool = True,
-               refresh: bool = False) -> dict[str, Any]:
+def statistics(
+    dataset: SegmentationDataset, cache_dir: str | Path | None = None, progress: bool = True, refresh: bool = False
+) -> dict[str, Any]:
     """Per-channel ``mean`` and ``std`` (RGB, 0..255, over all pixels), ``class_counts`` and
     ``class_frequencies`` p_c (fractions of the non-ignored pixels, length C), ``class_weights``
     1 / ln(1.10 + p_c), ``num_images``, ``num_pixels``, ``ignored_pixels`` of ``dataset``'s raw pairs.
@@ -140,13 +146,14 @@ def statistics(dataset: "SegmentationDataset", cache_dir: str | Path | None = No
     return {**stats, "cache_file": str(path), "cached": False}
 
 
-def validate(dataset: "SegmentationDataset", progress: bool = True) -> list[str]:
+def validate(dataset: SegmentationDataset, progress: bool = True) -> list[str]:
     """Decode every pair of ``dataset`` and return one message per problem (empty list = all good):
     unreadable images or labels, image/label size mismatches, label values outside the class ids and
     ignore index. Each message names the file(s)."""
     problems: list[str] = []
-    for image_path, label_path in tqdm(dataset.samples, desc=f"validate {dataset.info.name} {dataset.split}",
-                                       disable=not progress, unit="img"):
+    for image_path, label_path in tqdm(
+        dataset.samples, desc=f"validate {dataset.info.name} {dataset.split}", disable=not progress, unit="img"
+    ):
         image = label = None
         try:
             image = dataset.read_image(image_path)
@@ -165,11 +172,12 @@ def validate(dataset: "SegmentationDataset", progress: bool = True) -> list[str]
     return problems
 
 
-def check(dataset: "SegmentationDataset", progress: bool = True) -> None:
+def check(dataset: SegmentationDataset, progress: bool = True) -> None:
     """Raise one DatasetError listing every problem :func:`validate` finds."""
     problems = validate(dataset, progress=progress)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
-        raise DatasetError(f"{len(problems)} problem(s) in {dataset.info.name} {dataset.split} at {dataset.root}:\n"
-                           f"{listing}\nFix or replace these files (or re-run `make data`).")
-
+        raise DatasetError(
+            f"{len(problems)} problem(s) in {dataset.info.name} {dataset.split} at {dataset.root}:\n"
+            f"{listing}\nFix or replace these files (or re-run `make data`)."
+        )

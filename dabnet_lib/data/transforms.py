@@ -17,7 +17,7 @@ to control the stream directly (single process, tests).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -54,8 +54,9 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float] | N
     return _to_tensor(out)
 
 
-def denormalize(image: torch.Tensor | np.ndarray, mean: Sequence[float],
-                std: Sequence[float] | None = None) -> np.ndarray:
+def denormalize(
+    image: torch.Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float] | None = None
+) -> np.ndarray:
     """Inverse of :func:`normalize` for display: (3, H, W) float -> uint8 (H, W, 3) RGB (rounded, clipped)."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     arr = arr.astype(np.float32).transpose(1, 2, 0)
@@ -87,13 +88,22 @@ class TrainTransform:
     use :meth:`for_dataset`. Output: float32 tensor (3, *crop_size), int64 tensor crop_size.
     """
 
-    def __init__(self, crop_size: tuple[int, int], scales: Sequence[float] = PAPER_SCALES,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 ignore_index: int | None = None, mirror: bool = True, base_scale: float = 1.0,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        crop_size: tuple[int, int],
+        scales: Sequence[float] = PAPER_SCALES,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        mirror: bool = True,
+        base_scale: float = 1.0,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         if mean is None or ignore_index is None:
-            raise ValueError("TrainTransform needs mean= and ignore_index= (e.g. info.official_mean, "
-                             "info.ignore_index) or use TrainTransform.for_dataset(info, crop_size)")
+            raise ValueError(
+                "TrainTransform needs mean= and ignore_index= (e.g. info.official_mean, "
+                "info.ignore_index) or use TrainTransform.for_dataset(info, crop_size)"
+            )
         crop_h, crop_w = (int(v) for v in crop_size)
         if crop_h <= 0 or crop_w <= 0:
             raise ValueError(f"crop_size must be positive (H, W), got {crop_size!r}")
@@ -111,16 +121,18 @@ class TrainTransform:
         self._own_key: tuple[int, int] | None = None
 
     @classmethod
-    def for_dataset(cls, info: DatasetInfo, crop_size: tuple[int, int] | None = None, **kwargs) -> "TrainTransform":
+    def for_dataset(cls, info: DatasetInfo, crop_size: tuple[int, int] | None = None, **kwargs) -> TrainTransform:
         """Transform with ``info``'s official mean and ignore index; ``crop_size`` defaults to the native size."""
         kwargs.setdefault("mean", info.official_mean)
         kwargs.setdefault("ignore_index", info.ignore_index)
         return cls(crop_size or info.native_size, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(crop_size={self.crop_size}, scales={self.scales}, base_scale={self.base_scale}, "
-                f"mean={self.mean.tolist()}, std={None if self.std is None else self.std.tolist()}, "
-                f"ignore_index={self.ignore_index}, mirror={self.mirror})")
+        return (
+            f"TrainTransform(crop_size={self.crop_size}, scales={self.scales}, base_scale={self.base_scale}, "
+            f"mean={self.mean.tolist()}, std={None if self.std is None else self.std.tolist()}, "
+            f"ignore_index={self.ignore_index}, mirror={self.mirror})"
+        )
 
     def _generator(self) -> np.random.Generator:
         if self.rng is not None:
@@ -173,8 +185,10 @@ class EvalTransform:
         self.scale = float(scale)
 
     def __repr__(self) -> str:
-        return f"EvalTransform(mean={self.mean.tolist()}, std={None if self.std is None else self.std.tolist()}, " \
-               f"scale={self.scale})"
+        return (
+            f"EvalTransform(mean={self.mean.tolist()}, std={None if self.std is None else self.std.tolist()}, "
+            f"scale={self.scale})"
+        )
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.scale != 1.0:
