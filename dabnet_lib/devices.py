@@ -7,7 +7,10 @@ Unverified until a GPU run: this module only reads ``torch.cuda`` queries; on CP
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
+from torch import nn
 
 from .errors import DabnetError
 
@@ -56,3 +59,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DabnetError(f"device {device!r} requested but CUDA is not available here: use --device cpu")
     return dev
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def to_memory_format(
+    module: ModuleT, memory_format: torch.memory_format, device: torch.device | str | None = None
+) -> ModuleT:
+    """``module.to(device, memory_format=...)``: moves the 4-d parameters and buffers in place and returns
+    ``module`` with its own type (channels_last: oneDNN's and cuDNN's faster layout)."""
+    # torch's type hints for Module.to list device/dtype/tensor overloads only; the memory_format keyword
+    # that it documents and accepts at runtime is missing from them.
+    return module.to(device, memory_format=memory_format)  # type: ignore[call-overload]

@@ -173,16 +173,16 @@ def _git(args: Sequence[str], what: str) -> None:
     try:
         result = subprocess.run(list(args), capture_output=True, text=True, env=env)
     except OSError as exc:
-        result = None
         detail = str(exc)
     else:
+        if result.returncode == 0:
+            return
         lines = (result.stderr or result.stdout).strip().splitlines()
         detail = f"git exit {result.returncode}: {lines[-1] if lines else 'no output'}"
-    if result is None or result.returncode != 0:
-        raise DatasetError(
-            f"could not {what} ({detail}). Without network access, download the CamVid folder of "
-            f"{SEGNET_REPO} elsewhere and run `make data CAMVID_SOURCE=DIR` (see data/README.md)."
-        )
+    raise DatasetError(
+        f"could not {what} ({detail}). Without network access, download the CamVid folder of "
+        f"{SEGNET_REPO} elsewhere and run `make data CAMVID_SOURCE=DIR` (see data/README.md)."
+    )
 
 
 def clone_camvid(dest: Path, log: Log = print) -> None:

@@ -374,12 +374,13 @@ class Cityscapes(SegmentationDataset):
             no_label: list[str] = []
             for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
                 stem = image.name[: -len("_leftImg8bit.png")]
-                label: Path | None = label_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
-                if not label.is_file():
-                    if needs_labels:
-                        no_label.append(str(label))
-                    label = None
-                samples.append((image, label))
+                label = label_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
+                if label.is_file():
+                    samples.append((image, label))
+                    continue
+                if needs_labels:
+                    no_label.append(str(label))
+                samples.append((image, None))
             if no_label:
                 shown = ", ".join(no_label[:5]) + (f" and {len(no_label) - 5} more" if len(no_label) > 5 else "")
                 raise DatasetError(f"cityscapes {part}: {len(no_label)} image(s) without label file: {shown}")

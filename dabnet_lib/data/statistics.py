@@ -164,7 +164,7 @@ def validate(dataset: SegmentationDataset, progress: bool = True) -> list[str]:
                 label = dataset.read_label(label_path)
             except DatasetError as exc:
                 problems.append(str(exc))
-        if image is not None and label is not None:
+        if image is not None and label is not None and label_path is not None:
             try:
                 dataset.check_sizes(image, label, image_path, label_path)
             except DatasetError as exc:

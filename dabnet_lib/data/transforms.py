@@ -29,9 +29,15 @@ from .datasets import DatasetInfo
 PAPER_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
-def _vector(values: Sequence[float] | None, what: str) -> np.ndarray | None:
-    if values is None:
-        return None
+#: mean or std: 3 values (R, G, B) in 0..255 units, as a sequence or an array
+Vector = Sequence[float] | np.ndarray
+
+
+def _optional_vector(values: Vector | None, what: str) -> np.ndarray | None:
+    return None if values is None else _vector(values, what)
+
+
+def _vector(values: Vector, what: str) -> np.ndarray:
     vec = np.asarray(values, dtype=np.float32).reshape(-1)
     if vec.shape != (3,):
         raise ValueError(f"{what} must hold 3 values (R, G, B), got {values!r}")
@@ -44,23 +50,21 @@ def _to_tensor(image_hwc: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))
 
 
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float] | None = None) -> torch.Tensor:
+def normalize(image: np.ndarray, mean: Vector, std: Vector | None = None) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 tensor (3, H, W) = (image - mean) [/ std], mean/std in 0..255 units."""
     out = image.astype(np.float32)
     out -= _vector(mean, "mean")
-    std_v = _vector(std, "std")
+    std_v = _optional_vector(std, "std")
     if std_v is not None:
         out /= std_v
     return _to_tensor(out)
 
 
-def denormalize(
-    image: torch.Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float] | None = None
-) -> np.ndarray:
+def denormalize(image: torch.Tensor | np.ndarray, mean: Vector, std: Vector | None = None) -> np.ndarray:
     """Inverse of :func:`normalize` for display: (3, H, W) float -> uint8 (H, W, 3) RGB (rounded, clipped)."""
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     arr = arr.astype(np.float32).transpose(1, 2, 0)
-    std_v = _vector(std, "std")
+    std_v = _optional_vector(std, "std")
     if std_v is not None:
         arr = arr * std_v
     arr = arr + _vector(mean, "mean")
@@ -113,7 +117,7 @@ class TrainTransform:
         self.scales = tuple(float(s) for s in scales)
         self.base_scale = float(base_scale)
         self.mean = _vector(mean, "mean")
-        self.std = _vector(std, "std")
+        self.std = _optional_vector(std, "std")
         self.ignore_index = int(ignore_index)
         self.mirror = bool(mirror)
         self.rng = rng
@@ -181,7 +185,7 @@ class EvalTransform:
         if scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
         self.mean = _vector(mean, "mean")
-        self.std = _vector(std, "std")
+        self.std = _optional_vector(std, "std")
         self.scale = float(scale)
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.datasets import CAMVID, build_dataset, subset
 from ..data.transforms import PAPER_SCALES, TrainTransform
+from ..devices import to_memory_format
 from ..machine import cpu_label
 from ..model.dabnet import DABNet
 from ..model.fast_ops import use_fast_ops
@@ -135,9 +136,9 @@ def _engine_loop(
     amp_dtype = autocast_dtype(c.amp, cpu)
     plan = training_layout(c.channels_last, amp_dtype, cpu)
     torch.manual_seed(seed)
-    model = use_fast_ops(DABNet(info.num_classes).to(memory_format=plan.memory_format).train(), fast_ops)
+    model = use_fast_ops(to_memory_format(DABNet(info.num_classes), plan.memory_format).train(), fast_ops)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
-    step_model = torch.compile(model, dynamic=False, options=plan.compile_options) if c.compile else model
+    step_model = plan.compile(model) if c.compile else model
     sched = WarmupPolyLR(opt, total, 500, 1 / 3, 0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     transform = TrainTransform(input_size, PAPER_SCALES, mean=info.official_mean, ignore_index=info.ignore_index)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..devices import to_memory_format
 from ..machine import cpu_label
 from ..model.dabnet import DABNet
 from ..model.fast_ops import count_fast_ops, use_fast_ops
@@ -73,7 +74,7 @@ def bench_fast_ops(
         weight = 1.0 / torch.log(1.10 + torch.rand(num_classes, generator=gen) / num_classes)
         steps = {}
         for name, model in (("stock", stock), ("fast", fast)):
-            steps[name] = _step_fn(model.to(memory_format=layout), images, labels, weight, amp)
+            steps[name] = _step_fn(to_memory_format(model, layout), images, labels, weight, amp)
             for _ in range(warmup):
                 steps[name]()
         times: dict[str, list[float]] = {"stock": [], "fast": []}

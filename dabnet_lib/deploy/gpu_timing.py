@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..devices import to_memory_format
 from ..errors import first_line
 from .inference_rewrites import InferenceForward, fold_batchnorm
 from .inference_variants import FP32_TOLERANCE, VARIANTS, label_agreement, relative_difference
@@ -84,11 +85,11 @@ def _build(model: nn.Module, name: str, device: torch.device) -> tuple[Fn, str]:
     if name == "eager":
         return _no_grad(model), "fp32 (TF32 off)" if device.type == "cuda" else "fp32"
     if name == "channels_last":
-        return _no_grad(copy.deepcopy(model).to(memory_format=cl), layout=cl), "fp32, NHWC"
+        return _no_grad(to_memory_format(copy.deepcopy(model), cl), layout=cl), "fp32, NHWC"
     if name == "folded":
         return _no_grad(fold_batchnorm(model)), "fp32, BatchNorm folded into the convolutions"
     if name == "compiled":
-        module = InferenceForward(fold_batchnorm(model).to(memory_format=cl))
+        module = InferenceForward(to_memory_format(fold_batchnorm(model), cl))
         return _no_grad(
             torch.compile(module, dynamic=False), layout=cl
         ), f"folded + channels_last + InferenceForward, torch.compile (inductor, {device.type} defaults)"

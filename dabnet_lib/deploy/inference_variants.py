@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..devices import to_memory_format
 from ..errors import DabnetError, first_line
 from .inference_rewrites import InferenceForward, count_batchnorms, fold_batchnorm
 
@@ -157,7 +158,7 @@ def _compiled_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _build_compiled(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    module = InferenceForward(fold_batchnorm(model).to(memory_format=torch.channels_last))
+    module = InferenceForward(to_memory_format(fold_batchnorm(model), torch.channels_last))
     # NCHW input: the compiled graph converts it itself as fast as a separate .contiguous() call would.
     return (_compiled_fn(module), "folded + channels_last weights + InferenceForward + inductor freezing, C++ wrapper")
 
@@ -389,7 +390,7 @@ def _build(
     if variant == "eager":
         return _no_grad_fn(model), ""
     if variant == "channels_last":
-        return _channels_last_fn(copy.deepcopy(model).to(memory_format=torch.channels_last)), ""
+        return _channels_last_fn(to_memory_format(copy.deepcopy(model), torch.channels_last)), ""
     if variant == "folded":
         folded = fold_batchnorm(model)
         return _no_grad_fn(

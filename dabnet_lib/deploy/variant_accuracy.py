@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data.datasets import build_dataset
+from ..devices import to_memory_format
 from ..model.dabnet import build_from_checkpoint
 from ..training.validation import evaluate
 from .inference_variants import optimize
@@ -55,7 +56,7 @@ def variant_miou(
     variant that cannot be built gives a row with ``error``.
     """
     model, ckpt = build_from_checkpoint(checkpoint)
-    model.eval().to(memory_format=torch.channels_last)  # the layout evaluate() ran eager in, and the variants see
+    to_memory_format(model.eval(), torch.channels_last)  # the layout evaluate() ran eager in, and the variants see
     mean, std = ckpt.get("mean"), ckpt.get("std")
     dataset = build_dataset(ckpt.get("dataset", "camvid"), data_root, split)
     if input_size is None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import SegmentationDataset, build_dataset
+from ..devices import to_memory_format
 from ..errors import CheckpointError
 from ..model.dabnet import build_from_checkpoint
 from ..paths import default_data_root
@@ -52,7 +53,7 @@ def evaluate_checkpoint(
     Raises :class:`CheckpointError` (unreadable file, class count of another dataset) or
     :class:`DatasetError` (missing data)."""
     model, ckpt = build_from_checkpoint(path)
-    model.to(memory_format=torch.channels_last)  # oneDNN's and cuDNN's faster layout for inference
+    to_memory_format(model, torch.channels_last)  # oneDNN's and cuDNN's faster layout for inference
     info = checkpoint_info(ckpt, model.num_classes, str(path), dataset or (data.info.name if data else None))
     if data is None:
         root = Path(data_root) if data_root is not None else default_data_root(info.name)

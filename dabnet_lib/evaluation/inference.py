@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..data.colors import colorize, overlay
 from ..data.datasets import DATASETS, DatasetInfo, SegmentationDataset, get_info
 from ..data.transforms import EvalTransform
-from ..devices import resolve_device
+from ..devices import resolve_device, to_memory_format
 from ..errors import CheckpointError, DatasetError
 from ..model.dabnet import build_from_checkpoint
 from ..training.validation import class_argmax
@@ -123,7 +123,7 @@ class Predictor:
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         self.device = resolve_device(device)
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model = to_memory_format(model, torch.channels_last, self.device).eval()
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std) if std is not None else None
         self.scale = float(scale)

@@ -64,7 +64,7 @@ def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
 
 def capture_rng() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states in a form ``weights_only`` loading accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -112,8 +112,8 @@ def is_eligible(conv: nn.Module) -> bool:
     """True for a plain ``nn.Conv2d`` (or a :class:`FastDepthwiseConv2d`) that is depth-wise
     (``groups == in == out channels``), stride 1, zero "same" padding ``dilation * (k - 1) / 2`` with
     odd k: the convolutions of DABNet's branches for every ``DABNetConfig``."""
-    if type(conv) not in (nn.Conv2d, FastDepthwiseConv2d):
-        return False
+    if type(conv) not in (nn.Conv2d, FastDepthwiseConv2d) or not isinstance(conv, nn.Conv2d):
+        return False  # (the isinstance is implied by the type check; it tells the type checker)
     c = conv.in_channels
     if not (conv.groups == c == conv.out_channels and c > 1) or conv.stride != (1, 1):
         return False

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..atomic_files import write_bytes_atomic
-from ..devices import cuda_bf16_native
+from ..devices import cuda_bf16_native, to_memory_format
 from ..errors import first_line
 from ..machine import cpu_flags, cpu_name, has_bf16_units
 from ..model.dabnet import DABNet, DABNetConfig
@@ -233,9 +233,9 @@ class StepTimer:
         layout = training_layout(c.channels_last, amp, cpu)
         gen = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
-        model = DABNet(self.num_classes, self.cfg).to(memory_format=layout.memory_format).train()
+        model = to_memory_format(DABNet(self.num_classes, self.cfg), layout.memory_format).train()
         use_fast_ops(model, self.fast_ops)
-        run: nn.Module = torch.compile(model, dynamic=False, options=layout.compile_options) if c.compile else model
+        run = layout.compile(model) if c.compile else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         criterion = nn.CrossEntropyLoss(weight=torch.rand(self.num_classes, generator=gen) + 1.0)
         x = torch.randn(self.batch, 3, *self.crop, generator=gen).contiguous(memory_format=layout.memory_format)

@@ -151,6 +151,19 @@ def weights_digest(model: torch.nn.Module) -> str:
 # -- sample order ------------------------------------------------------------------------------------
 
 
+class _Indices(Dataset[int]):
+    """``0 .. n-1`` as a Dataset: all that :class:`DistributedSampler` reads of it is its length."""
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, epoch)`` for this rank's share of a shuffled epoch of ``n`` samples.
 
@@ -159,8 +172,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """
 
     def __init__(self, n: int, seed: int, ctx: DistContext) -> None:
-        self._order = DistributedSampler(
-            range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
+        self._order: DistributedSampler[int] = DistributedSampler(
+            _Indices(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=True
         )
         self.epoch = 0
         self.skip = 0
@@ -206,7 +219,8 @@ def make_loader(
             extra["multiprocessing_context"] = "fork"
     return DataLoader(
         samples,
-        batch_sampler=BatchSampler(sampler, batch_size, drop_last=True),
+        # BatchSampler batches whatever keys its sampler yields; its hints say int, ours are (index, epoch).
+        batch_sampler=BatchSampler(sampler, batch_size, drop_last=True),  # type: ignore[arg-type]
         num_workers=num_workers,
         pin_memory=pin_memory,
         **extra,

@@ -58,7 +58,7 @@ from ..data.datasets import SegmentationDataset, build_dataset, get_info, subset
 from ..data.host_memory import plan_caches
 from ..data.statistics import statistics
 from ..data.transforms import TrainTransform
-from ..devices import resolve_device
+from ..devices import resolve_device, to_memory_format
 from ..errors import CheckpointError, DabnetError, first_line
 from ..machine import device_label
 from ..model.checkpoints import (
@@ -199,18 +199,14 @@ class _Trainer:
             if device.type != "cuda":
                 raise DabnetError("sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): drop --sync-bn on CPU")
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        self.net = net.to(device, memory_format=self.mf)
+        self.net = to_memory_format(net, self.mf, device)
         self.eager: nn.Module = self.net
         if ctx.enabled:
             self.eager = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None
             )
         # one static graph per crop size; compiled lazily at the first step (a failure falls back to eager)
-        self.model = (
-            torch.compile(self.eager, dynamic=False, options=self.layout.compile_options)
-            if self.choice.compile
-            else self.eager
-        )
+        self.model = self.layout.compile(self.eager) if self.choice.compile else self.eager
         self.opt = build_optimizer(r, self.net.parameters())
         self.sched = WarmupPolyLR(self.opt, self.total, r.warmup_iters, r.warmup_ratio, r.poly_power, self.budget_s)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
@@ -455,7 +451,7 @@ class _Trainer:
                 now = time.perf_counter()
                 self.tuner.record(now - t_last)
                 t_last = now
-            sig = 0
+            sig = 0.0  # the largest signal number any rank received (0: none)
             if not self.ctx.enabled or last or self.iteration % every == 0:  # same iterations on every rank
                 sig, self.elapsed = D.reduce_max(
                     [self._signal, self.elapsed0 + time.perf_counter() - self.t0], self.ctx, self.dev
@@ -601,7 +597,7 @@ class _Trainer:
         )
         self.events.epoch(row, self._val_examples)
 
-    def _iteration_info(self, loss: torch.Tensor, applied: bool, images: int) -> IterationInfo:
+    def _iteration_info(self, loss: torch.Tensor, applied: bool | torch.Tensor, images: int) -> IterationInfo:
         return {
             "iteration": self.iteration,
             "total_iters": self.total,

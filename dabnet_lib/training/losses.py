@@ -67,7 +67,11 @@ class WeightedCrossEntropy(nn.Module):
     that an all-ignored batch gives 0 instead of NaN.
     """
 
-    def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = 255) -> None:
+    weight: torch.Tensor | None  # a buffer: moves with .to(), saved in the state dict
+
+    def __init__(
+        self, weight: torch.Tensor | np.ndarray | Sequence[float] | None = None, ignore_index: int = 255
+    ) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
         self.register_buffer("weight", _as_weight(weight))
@@ -100,12 +104,14 @@ class OhemCrossEntropy(nn.Module):
         weight: optional class weights ``(C,)``.
     """
 
+    weight: torch.Tensor | None  # a buffer: moves with .to(), saved in the state dict
+
     def __init__(
         self,
         ignore_index: int = 255,
         thresh: float = 0.7,
         min_kept: int = 100_000,
-        weight: torch.Tensor | None = None,
+        weight: torch.Tensor | np.ndarray | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < float(thresh) <= 1.0:

@@ -244,7 +244,8 @@ def _size(name: str, value: Any, optional: bool = False) -> tuple[int, int] | No
         return None
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         _fail(name, value, "a size H,W of two integers >= 16" + (" or null" if optional else ""))
-    return tuple(_num(name, v, int, 16) for v in value)  # type: ignore[return-value]
+    height, width = (_num(name, v, int, 16) for v in value)
+    return height, width
 
 
 def _check(name: str, value: Any) -> Any:

@@ -15,6 +15,7 @@ the way (resolution stages, a busy machine), and stays exactly resumable: ``t``,
 
 from __future__ import annotations
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -66,7 +67,7 @@ class WarmupPolyLR(LRScheduler):
             self.last_epoch, self.total_iters, self.warmup_iters, self.warmup_ratio, self.power, self.time_progress()
         )
 
-    def get_lr(self) -> list[float]:  # type: ignore[override]
+    def get_lr(self) -> list[float | torch.Tensor]:
         f = self.factor()
         return [base * f for base in self.base_lrs]
 

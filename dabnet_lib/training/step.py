@@ -65,6 +65,7 @@ def bf16_channels_last_grad_error(device_type: str = "cpu") -> float:
                         x.to(device_type, memory_format=mf), w, padding=pad, dilation=dil, groups=64
                     )
                 (y.float() * grad_out.to(device_type)).sum().backward()
+                assert w.grad is not None  # backward() just filled it
                 grads.append(w.grad.float().cpu())
             ref, got = grads
             err = float((got - ref).abs().max() / ref.abs().max())
@@ -81,6 +82,13 @@ class TrainingLayout:
     memory_format: torch.memory_format
     compile_options: dict[str, Any] | None = None
     note: str | None = None
+
+    def compile(self, module: nn.Module) -> nn.Module:
+        """``torch.compile(module)``: static shapes, this layout's inductor options; compiles at the first call."""
+        compiled = torch.compile(module, dynamic=False, options=self.compile_options)
+        if not isinstance(compiled, nn.Module):  # a module comes back wrapped in an OptimizedModule
+            raise TypeError(f"torch.compile returned a {type(compiled).__name__}, not a module")
+        return compiled
 
 
 def training_layout(channels_last: bool, amp_dtype: torch.dtype | None, device: torch.device) -> TrainingLayout:

@@ -32,9 +32,10 @@ class IterationInfo(TypedDict):
 
     ``loss`` is the step's loss as a 0-dim tensor on the training device (convert with ``float()``
     only when you show it: on CUDA that waits for the GPU); ``applied`` is False for a step skipped
-    for a non-finite loss or gradient; ``images`` the step's images over all processes; ``elapsed_s``
-    the training wall time before this step (seconds, resumed sessions included); ``budget_s`` the
-    wall-time budget or None; ``total_iters`` the iteration budget.
+    for a non-finite loss or gradient (a 0-dim bool tensor on the device where the host reads step flags
+    only every few iterations: :func:`kept_loss` handles both); ``images`` the step's images over all
+    processes; ``elapsed_s`` the training wall time before this step (seconds, resumed sessions
+    included); ``budget_s`` the wall-time budget or None; ``total_iters`` the iteration budget.
     """
 
     iteration: int
@@ -42,7 +43,7 @@ class IterationInfo(TypedDict):
     epoch: int
     iters_per_epoch: int
     loss: torch.Tensor
-    applied: bool
+    applied: bool | torch.Tensor
     lr: float
     images: int
     elapsed_s: float
