@@ -45,8 +45,8 @@ format: $(STAMP) ## ruff format + ruff check --fix (rewrites files; review the d
 test: $(STAMP) ## the whole suite on CPU, 15 slowest listed (GPUs hidden; `gpu`: `make gpu-check`; browser: `make test-browser`)
 	CAMVID_SOURCE="$(CAMVID_SOURCE)" $(PY) -m pytest --ignore=tests/browser --durations=15 $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## unit tests without `slow` ones (< 2 min on 2 cores; needs no ../shared: generated fixtures)
-	$(PY) -m pytest --ignore=tests/browser -m "not slow and not gpu" --durations=15 $(PYTEST_ARGS)
+test-fast: $(STAMP) ## the suite without `slow` and `real_data` tests (< 2 min on 2 cores; needs no ../shared)
+	$(PY) -m pytest --ignore=tests/browser -m "not slow and not real_data and not gpu" --durations=15 $(PYTEST_ARGS)
 
 gpu-check: $(STAMP) ## on a CUDA machine: the prepared GPU check (~8 min, scripts/gpu_check.py) -> runs/gpu_check/summary.json
 	$(PY) scripts/gpu_check.py --data-root $(DATA_ROOT)

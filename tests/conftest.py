@@ -1,5 +1,9 @@
-"""Shared fixtures: the real CamVid copy, a generated Cityscapes-layout fixture, the official
-checkpoint fixture. Missing inputs fail loudly (never skip): CI always has ../shared beside us."""
+"""Shared fixtures: the real CamVid copy, generated CamVid- and Cityscapes-layout fixtures, the official
+checkpoint fixture. Missing inputs fail loudly (never skip): CI always has ../shared beside us.
+
+A test that reads ../shared (``camvid_root``, ``official_fixture_path``) is marked ``real_data`` here, so
+``make test-fast`` (``-m "not slow and not real_data"``) runs without ../shared; tests that need CamVid's
+layout but not its content take ``camvid_tiny`` instead."""
 
 from __future__ import annotations
 
@@ -35,6 +39,17 @@ def _camvid_source() -> Path:
     return src
 
 
+#: fixtures that read ../shared: a test using one of them is marked ``real_data``
+REAL_DATA_FIXTURES = ("camvid_root", "official_fixture_path")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``real_data`` every test that reads ../shared (directly or through another fixture)."""
+    for item in items:
+        if any(name in REAL_DATA_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_data)
+
+
 @pytest.fixture(scope="session")
 def camvid_root() -> Path:
     """The real CamVid (SegNet layout), read-only."""
@@ -47,6 +62,14 @@ def official_fixture_path() -> Path:
     if not path.is_file():
         pytest.fail(f"missing reference fixture {path} (../shared/fixtures must sit beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def camvid_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CamVid-layout dataset generated for the tests (see camvid_fixture.py), read-only by convention."""
+    from camvid_fixture import make_camvid
+
+    return make_camvid(tmp_path_factory.mktemp("camvid_tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -192,10 +192,11 @@ def test_equivalent_code_and_recipe_fields_added_later_keep_units_comparable(
 
 
 @pytest.fixture
-def smoke_sweep(tmp_path: Path, camvid_root: Path) -> Sweep:
-    return Sweep("camvid", "smoke", camvid_root, tmp_path / "units", tmp_path / "runs")
+def smoke_sweep(tmp_path: Path, camvid_tiny: Path) -> Sweep:
+    return Sweep("camvid", "smoke", camvid_tiny, tmp_path / "units", tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_sweep_trains_each_unit_once_and_records_it(smoke_sweep: Sweep) -> None:
     units, budget = plan(smoke_sweep, ["paper", "local_only"], [0, 1], budget=2)
     assert budget == 2 and len(units) == 4
@@ -220,14 +221,14 @@ def test_sweep_trains_each_unit_once_and_records_it(smoke_sweep: Sweep) -> None:
     assert tables.seeds == (0, 1) and not tables.missing and list(tables.table["seeds"]) == [2, 2]
 
 
-def _cli(tmp_path: Path, camvid_root: Path, name: str, *extra: str) -> int:
+def _cli(tmp_path: Path, camvid_tiny: Path, name: str, *extra: str) -> int:
     return main(
         [
             "ablations",
             "--profile",
             "smoke",
             "--data-root",
-            str(camvid_root),
+            str(camvid_tiny),
             "--variants",
             "paper,local_only",
             "--seeds",
@@ -246,12 +247,13 @@ def _cli(tmp_path: Path, camvid_root: Path, name: str, *extra: str) -> int:
     )
 
 
-def test_two_shards_make_the_table_of_one_run(tmp_path: Path, camvid_root: Path) -> None:
-    assert _cli(tmp_path, camvid_root, "sharded", "--shard", "1/2") == 0
+@pytest.mark.slow
+def test_two_shards_make_the_table_of_one_run(tmp_path: Path, camvid_tiny: Path) -> None:
+    assert _cli(tmp_path, camvid_tiny, "sharded", "--shard", "1/2") == 0
     first = sorted(p.name for p in (tmp_path / "sharded" / "units").glob("*.json"))
     assert len(first) == 2
-    assert _cli(tmp_path, camvid_root, "sharded", "--shard", "2/2") == 0
-    assert _cli(tmp_path, camvid_root, "whole") == 0
+    assert _cli(tmp_path, camvid_tiny, "sharded", "--shard", "2/2") == 0
+    assert _cli(tmp_path, camvid_tiny, "whole") == 0
     sharded = pd.read_csv(tmp_path / "sharded" / "ablations.csv")
     whole = pd.read_csv(tmp_path / "whole" / "ablations.csv")
     cols = ["variant", "seeds", "val_miou", "delta", "ci_low", "ci_high", "verdict"]
@@ -270,7 +272,7 @@ def test_two_shards_make_the_table_of_one_run(tmp_path: Path, camvid_root: Path)
     ],
 )
 def test_bad_arguments_give_one_line_and_write_nothing(
-    tmp_path: Path, camvid_root: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+    tmp_path: Path, camvid_tiny: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
 ) -> None:
     assert (
         main(
@@ -279,7 +281,7 @@ def test_bad_arguments_give_one_line_and_write_nothing(
                 "--profile",
                 "smoke",
                 "--data-root",
-                str(camvid_root),
+                str(camvid_tiny),
                 "--units-dir",
                 str(tmp_path / "u"),
                 "--runs-dir",
@@ -297,22 +299,22 @@ def test_bad_arguments_give_one_line_and_write_nothing(
 
 
 def test_corrupt_unit_file_stops_the_sweep_with_its_name(
-    tmp_path: Path, camvid_root: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, camvid_tiny: Path, capsys: pytest.CaptureFixture
 ) -> None:
     units = tmp_path / "bad" / "units"
     units.mkdir(parents=True)
     (units / "paper__seed0__it2.json").write_text("not json")
-    assert _cli(tmp_path, camvid_root, "bad") == 2
+    assert _cli(tmp_path, camvid_tiny, "bad") == 2
     err = capsys.readouterr().err
     assert "paper__seed0__it2.json: not a readable unit file" in err and "delete" in err
     assert not (tmp_path / "bad" / "runs").exists() and not (tmp_path / "bad" / "ablations.md").exists()
 
 
 def test_ray_missing_is_one_clear_error(
-    tmp_path: Path, camvid_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, camvid_tiny: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as when it is not installed
-    assert _cli(tmp_path, camvid_root, "noray", "--backend", "ray") == 2
+    assert _cli(tmp_path, camvid_tiny, "noray", "--backend", "ray") == 2
     err = capsys.readouterr().err
     assert "needs Ray, which is not installed" in err and "dabnet-workbook[ray]" in err
     assert not (tmp_path / "noray" / "runs").exists()

@@ -249,8 +249,9 @@ def test_real_step_timer_times_eager_candidates(one_thread: None) -> None:
     assert timer.steps[cands[0]] == autotune.ROUNDS * autotune.STEPS_PER_ROUND
 
 
+@pytest.mark.slow
 def test_engine_records_and_resume_keeps_the_choice(
-    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dabnet_lib.training.engine import fit
 
@@ -266,27 +267,27 @@ def test_engine_records_and_resume_keeps_the_choice(
     monkeypatch.setattr("dabnet_lib.training.engine.choose", fake_choose)
     recipe = get_recipe("camvid", "smoke").replace(amp="auto", channels_last="auto", compile="auto", epochs=1)
     out = tmp_path / "run"
-    fit(recipe, camvid_root, out, quiet=True)
+    fit(recipe, camvid_tiny, out, quiet=True)
     summary = json.loads((out / "summary.json").read_text())
     meta = json.loads((out / "recipe.json").read_text())
     assert summary["training_choice"]["label"] == meta["training_choice"]["label"] == "fp32 channels_last eager"
     assert "CPUs" in summary["hardware"] or summary["device"].startswith("cuda")
     with warnings.catch_warnings():
-        fit(recipe.replace(epochs=2), camvid_root, out, resume=True, quiet=True)
+        fit(recipe.replace(epochs=2), camvid_tiny, out, resume=True, quiet=True)
     assert len(calls) == 1  # the resumed run took the checkpoint's choice, no new measurement
     assert json.loads((out / "summary.json").read_text())["training_choice"]["source"] == "checkpoint"
-    fit(recipe.replace(epochs=3, compile=False), camvid_root, out, resume=True, quiet=True)
+    fit(recipe.replace(epochs=3, compile=False), camvid_tiny, out, resume=True, quiet=True)
     assert len(calls) == 2  # an explicit value in the recipe wins over the checkpoint's choice: chosen anew
 
 
 @pytest.mark.parametrize(("fast_ops", "expected"), [("auto", True), (False, False)])
 def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(
-    fast_ops: object, expected: bool, camvid_root: Path, tmp_path: Path
+    fast_ops: object, expected: bool, camvid_tiny: Path, tmp_path: Path
 ) -> None:
     from dabnet_lib.training.engine import fit
 
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, fast_ops=fast_ops)
-    summary = fit(recipe, camvid_root, tmp_path / "run", quiet=True)
+    summary = fit(recipe, camvid_tiny, tmp_path / "run", quiet=True)
     assert summary["training_choice"]["fast_ops"] is expected
     assert ("fast CPU ops" in "\n".join(autotune.choice_lines(summary["training_choice"]))) is expected
 

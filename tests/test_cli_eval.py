@@ -47,7 +47,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_test_json_prints_one_object(checkpoint: Path, camvid_root: Path, tmp_path: Path) -> None:
+def test_test_json_prints_one_object(checkpoint: Path, camvid_tiny: Path, tmp_path: Path) -> None:
     out_file = tmp_path / "res" / "eval.json"
     proc = subprocess.run(
         [
@@ -58,7 +58,7 @@ def test_test_json_prints_one_object(checkpoint: Path, camvid_root: Path, tmp_pa
             "--checkpoint",
             str(checkpoint),
             "--data-root",
-            str(camvid_root),
+            str(camvid_tiny),
             "--limit",
             "2",
             "--scale",
@@ -86,14 +86,14 @@ def test_test_json_prints_one_object(checkpoint: Path, camvid_root: Path, tmp_pa
     assert json.loads(out_file.read_text()) == payload
 
 
-def test_test_text_report(checkpoint: Path, camvid_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_test_text_report(checkpoint: Path, camvid_tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
         [
             "test",
             "--checkpoint",
             str(checkpoint),
             "--data-root",
-            str(camvid_root),
+            str(camvid_tiny),
             "--limit",
             "1",
             "--scale",
@@ -136,9 +136,9 @@ def _fails_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str], *n
 
 
 def test_bad_checkpoints_exit_2(
-    checkpoint: Path, camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path, camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["--data-root", str(camvid_root), "--device", "cpu", "--quiet"]
+    base = ["--data-root", str(camvid_tiny), "--device", "cpu", "--quiet"]
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[:5000])
     _fails_with_one_line(["test", "--checkpoint", str(truncated), *base], capsys, "truncated.pt", "corrupt")

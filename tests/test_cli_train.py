@@ -98,13 +98,14 @@ def test_missing_data_is_one_clear_message(tmp_path: Path, capsys: pytest.Captur
     assert main(["stats", "--data-root", str(missing)]) == 2
 
 
-def test_train_smoke_then_resume_longer(camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.slow
+def test_train_smoke_then_resume_longer(camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = [
         "train",
         "--profile",
         "smoke",
         "--data-root",
-        str(camvid_root),
+        str(camvid_tiny),
         "--out",
         str(tmp_path),
         "--quiet",
@@ -137,10 +138,11 @@ def test_stats_prints_mean_std_and_weights(camvid_root: Path, capsys: pytest.Cap
     assert len(stats["class_weights"]) == 11 and stats["num_images"] == 101
 
 
-def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: Path) -> None:
+@pytest.mark.slow
+def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_tiny: Path) -> None:
     cands = [Candidate("off", True, False), Candidate("bf16", False, False)]
     result = bench_train(
-        camvid_root,
+        camvid_tiny,
         cands,
         batch_size=2,
         input_size=(48, 64),
@@ -162,15 +164,16 @@ def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_root: P
     assert f"{result['engines'][1]['ratio']:.2f}x the official loop" in text
 
 
+@pytest.mark.slow
 def test_bench_train_labels_a_refused_channels_last_candidate_by_the_layout_it_trained(
-    camvid_root: Path, monkeypatch: pytest.MonkeyPatch
+    camvid_tiny: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dabnet_lib.training.step as step
 
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 1.7)  # the defect
     cands = [Candidate("bf16", True, False), Candidate("off", True, False)]
     result = bench_train(
-        camvid_root,
+        camvid_tiny,
         cands,
         batch_size=2,
         input_size=(48, 64),

@@ -15,6 +15,7 @@ CHECKPOINT = REPO_ROOT / "reports" / "checkpoints" / "dabnet_camvid_cpu.pt"
 TABLE = REPO_ROOT / "reports" / "evaluation.csv"
 
 
+@pytest.mark.slow
 def test_committed_checkpoint_reproduces_the_committed_test_miou(camvid_root: Path) -> None:
     if not CHECKPOINT.is_file() or not TABLE.is_file():
         pytest.fail(f"committed results missing: {CHECKPOINT} and {TABLE} come from `make run-all PROFILE=cpu`")

@@ -18,6 +18,7 @@ from dabnet_lib.training.distributed import weights_digest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(camvid_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "DABNET_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}

@@ -110,9 +110,9 @@ def test_time_budget_poly_reaches_zero_when_time_is_up() -> None:
     assert (again.warmup_end_s, again.elapsed_s, again.budget_s, again.total_iters) == (10.0, 55.0, 100.0, 10**6)
 
 
-def test_smoke_profile_end_to_end(camvid_root: Path, tmp_path: Path) -> None:
+def test_smoke_profile_end_to_end(camvid_tiny: Path, tmp_path: Path) -> None:
     rows: list[dict] = []
-    summary = fit(get_recipe("camvid", "smoke"), camvid_root, tmp_path, quiet=True, on_epoch=rows.append)
+    summary = fit(get_recipe("camvid", "smoke"), camvid_tiny, tmp_path, quiet=True, on_epoch=rows.append)
     for name in (
         "last.pt",
         "best.pt",
@@ -142,9 +142,9 @@ def test_smoke_profile_end_to_end(camvid_root: Path, tmp_path: Path) -> None:
     assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 2
 
 
-def test_trainval_selects_nothing_on_val(camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_trainval_selects_nothing_on_val(camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     recipe = get_recipe("camvid", "smoke").replace(train_split="trainval", epochs=1, save_every=0)
-    summary = fit(recipe, camvid_root, tmp_path, quiet=True)
+    summary = fit(recipe, camvid_tiny, tmp_path, quiet=True)
     assert "contains the 'val' images" in capsys.readouterr().out
     assert summary["val_seen"] and summary["best"] is None and summary["result"] == str(tmp_path / "last.pt")
     assert not (tmp_path / "best.pt").exists()
@@ -152,10 +152,10 @@ def test_trainval_selects_nothing_on_val(camvid_root: Path, tmp_path: Path, caps
     assert row["val_seen"] is True and row["val_miou"] is not None
 
 
-def test_minutes_budget_stops_validates_and_ends_at_zero_lr(camvid_root: Path, tmp_path: Path) -> None:
+def test_minutes_budget_stops_validates_and_ends_at_zero_lr(camvid_tiny: Path, tmp_path: Path) -> None:
     # val_every beyond the budget: validation happens only where the time budget stops the run
     recipe = get_recipe("camvid", "smoke").replace(epochs=10**4, minutes=0.03, save_every=0, val_every=10**4)
-    summary = fit(recipe, camvid_root, tmp_path, quiet=True)
+    summary = fit(recipe, camvid_tiny, tmp_path, quiet=True)
     last = summary["metrics"][-1]
     assert summary["stopped_by"] == "minutes" and summary["elapsed_s"] >= 0.03 * 60
     assert last["lr"] == 0.0 and last["val_miou"] is not None
@@ -190,7 +190,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_resume_from_corrupt_truncated_or_foreign_files(camvid_root: Path, tmp_path: Path) -> None:
+def test_resume_from_corrupt_truncated_or_foreign_files(camvid_tiny: Path, tmp_path: Path) -> None:
     good = tmp_path / "good.pt"
     save_checkpoint({"model": DABNet(11).state_dict(), "epoch": 3}, good)  # weights only: no training state
     with pytest.raises(CheckpointError, match=f"{good}.*cannot resume.*optimizer"):
@@ -198,9 +198,9 @@ def test_resume_from_corrupt_truncated_or_foreign_files(camvid_root: Path, tmp_p
     truncated = tmp_path / "last.pt"
     truncated.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
     with pytest.raises(CheckpointError, match=f"checkpoint {truncated}.*truncated or corrupt"):
-        fit(get_recipe("camvid", "smoke"), camvid_root, tmp_path, resume=True, quiet=True)
+        fit(get_recipe("camvid", "smoke"), camvid_tiny, tmp_path, resume=True, quiet=True)
     with pytest.raises(CheckpointError, match="no such file"):
-        fit(get_recipe("camvid", "smoke"), camvid_root, tmp_path / "empty", resume=True, quiet=True)
+        fit(get_recipe("camvid", "smoke"), camvid_tiny, tmp_path / "empty", resume=True, quiet=True)
 
 
 def test_cityscapes_smoke_trains_with_sgd_and_ohem(cityscapes_root: Path, tmp_path: Path) -> None:
@@ -269,7 +269,7 @@ def test_publish_weights_is_small_and_loads(tmp_path: Path) -> None:
 
 
 def test_compile_failure_falls_back_to_eager(
-    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     class NoCompiler(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,13 +277,13 @@ def test_compile_failure_falls_back_to_eager(
 
     monkeypatch.setattr(torch, "compile", lambda model, **kw: NoCompiler())
     recipe = get_recipe("camvid", "smoke").replace(compile=True, epochs=1, save_every=0)
-    eager = fit(recipe.replace(compile=False), camvid_root, tmp_path / "eager", quiet=True)
-    fallback = fit(recipe, camvid_root, tmp_path / "fallback", quiet=True)
+    eager = fit(recipe.replace(compile=False), camvid_tiny, tmp_path / "eager", quiet=True)
+    fallback = fit(recipe, camvid_tiny, tmp_path / "fallback", quiet=True)
     assert "torch.compile failed (RuntimeError: InductorError: no working C++ compiler" in capsys.readouterr().out
     assert fallback["weights_digest"] == eager["weights_digest"]
 
 
-def test_fit_gives_the_caller_its_threads_and_random_streams_back(camvid_root: Path, tmp_path: Path) -> None:
+def test_fit_gives_the_caller_its_threads_and_random_streams_back(camvid_tiny: Path, tmp_path: Path) -> None:
     import random
 
     def draws() -> tuple[float, float, float]:
@@ -297,7 +297,7 @@ def test_fit_gives_the_caller_its_threads_and_random_streams_back(camvid_root: P
     try:
         fit(
             get_recipe("camvid", "smoke").replace(epochs=1, max_iters=1, val_every=0, save_every=0),
-            camvid_root,
+            camvid_tiny,
             tmp_path,
             quiet=True,
         )  # the smoke profile trains on 1 thread and seeds every generator with 1234

@@ -41,12 +41,12 @@ def test_eta_line_reads_well() -> None:
 
 
 def test_training_prints_an_eta_even_when_quiet(
-    camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe = get_recipe("camvid", "smoke").replace(
         max_images=8, batch_size=2, epochs=8, crop_size=(32, 48), val_every=0, save_every=0
     )
-    fit(recipe, camvid_root, tmp_path / "run", quiet=True)
+    fit(recipe, camvid_tiny, tmp_path / "run", quiet=True)
     out = capsys.readouterr()
     lines = [ln for ln in (out.out + out.err).splitlines() if ln.startswith("ETA: ")]
     assert len(lines) == 1 and f"for {32 - ETA_REPORT:,} more iterations" in lines[0]

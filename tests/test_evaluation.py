@@ -21,8 +21,8 @@ N_IMAGES = 3
 
 
 @pytest.fixture(scope="module")
-def camvid_test(camvid_root: Path) -> SegmentationDataset:
-    return build_dataset("camvid", camvid_root, "test")
+def camvid_test(camvid_tiny: Path) -> SegmentationDataset:
+    return build_dataset("camvid", camvid_tiny, "test")
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +178,10 @@ def test_normalisation_source_is_applied(camvid_test: SegmentationDataset) -> No
 
 
 def test_evaluate_checkpoint_uses_checkpoint_normalisation(
-    camvid_test: SegmentationDataset, camvid_root: Path, tmp_path: Path, labels: list[np.ndarray]
+    camvid_test: SegmentationDataset, camvid_tiny: Path, tmp_path: Path, labels: list[np.ndarray]
 ) -> None:
     path = save_checkpoint(tmp_path / "road.pt", constant_dabnet(3), mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0], epoch=7)
-    res = evaluate_checkpoint(path, camvid_root, "test", device="cpu", progress=False, limit=2, scale=0.5)
+    res = evaluate_checkpoint(path, camvid_tiny, "test", device="cpu", progress=False, limit=2, scale=0.5)
     assert res["checkpoint"] == str(path) and res["epoch"] == 7 and res["normalization"] == "checkpoint"
     assert res["mean"] == [1.0, 2.0, 3.0] and res["std"] == [4.0, 5.0, 6.0]
     info = camvid_test.info
@@ -190,28 +190,28 @@ def test_evaluate_checkpoint_uses_checkpoint_normalisation(
 
     official = tmp_path / "official.pth"  # the release's format: no dataset, no mean
     torch.save({"epoch": 3, "model": constant_dabnet(3).state_dict()}, official)
-    res = evaluate_checkpoint(official, camvid_root, "test", device="cpu", progress=False, limit=1, scale=0.5)
+    res = evaluate_checkpoint(official, camvid_tiny, "test", device="cpu", progress=False, limit=1, scale=0.5)
     assert res["dataset"] == "camvid" and "official" in res["normalization"]
     assert res["mean"] == list(info.official_mean) and res["std"] is None
 
 
-def test_checkpoint_class_count_mismatch(camvid_root: Path, tmp_path: Path) -> None:
+def test_checkpoint_class_count_mismatch(camvid_tiny: Path, tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path / "c19.pt", DABNet(19))  # says camvid, has 19 classes
     with pytest.raises(CheckpointError, match="19 classes"):
-        evaluate_checkpoint(path, camvid_root, "test", device="cpu", progress=False, limit=1)
+        evaluate_checkpoint(path, camvid_tiny, "test", device="cpu", progress=False, limit=1)
     with pytest.raises(CheckpointError, match="19 classes"):
-        evaluate_checkpoint(tmp_path / "c19.pt", camvid_root, "test", dataset="camvid", device="cpu", progress=False)
+        evaluate_checkpoint(tmp_path / "c19.pt", camvid_tiny, "test", dataset="camvid", device="cpu", progress=False)
 
 
 def test_best_of_last_picks_best_of_last_k(
-    camvid_test: SegmentationDataset, camvid_root: Path, tmp_path: Path, labels: list[np.ndarray]
+    camvid_test: SegmentationDataset, camvid_tiny: Path, tmp_path: Path, labels: list[np.ndarray]
 ) -> None:
     info = camvid_test.info
     per_epoch = {1: 3, 2: 0, 3: 3, 4: 9, 5: 1}  # epoch -> constant class; epoch 1 is outside the last 4
     for epoch, cls in per_epoch.items():
         save_checkpoint(tmp_path / f"epoch_{epoch:04d}.pt", constant_dabnet(cls), epoch=epoch)
     save_checkpoint(tmp_path / "last.pt", constant_dabnet(3), epoch=5)
-    res = best_of_last(tmp_path, 4, "test", data_root=camvid_root, device="cpu", progress=False, limit=2, scale=0.5)
+    res = best_of_last(tmp_path, 4, "test", data_root=camvid_tiny, device="cpu", progress=False, limit=2, scale=0.5)
     assert [c["epoch"] for c in res["candidates"]] == [2, 3, 4, 5]
     expected = {
         e: constant_scores(per_epoch[e], labels[:2], info.num_classes, info.ignore_index)[0] for e in (2, 3, 4, 5)
@@ -227,11 +227,11 @@ def test_best_of_last_picks_best_of_last_k(
     assert "NOTE:" in format_result(res)
 
 
-def test_best_of_last_without_epoch_files(tmp_path: Path, camvid_root: Path) -> None:
+def test_best_of_last_without_epoch_files(tmp_path: Path, camvid_tiny: Path) -> None:
     with pytest.raises(CheckpointError, match="epoch_XXXX"):
-        best_of_last(tmp_path, 3, data_root=camvid_root, progress=False)
+        best_of_last(tmp_path, 3, data_root=camvid_tiny, progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
-        best_of_last(tmp_path / "nope", 3, data_root=camvid_root, progress=False)
+        best_of_last(tmp_path / "nope", 3, data_root=camvid_tiny, progress=False)
 
 
 @pytest.mark.parametrize(("classes", "ignore"), [(11, 11), (19, 255)])

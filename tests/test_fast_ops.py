@@ -20,7 +20,7 @@ from dabnet_lib.model.fast_ops import (
     use_fast_ops,
     uses_custom_backward,
 )
-from test_model import ABLATIONS
+from test_model import ablation_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,7 +151,7 @@ def _fast_and_stock(cfg: DABNetConfig) -> tuple[nn.Module, nn.Module, torch.Tens
     return stock, use_fast_ops(copy.deepcopy(stock)), torch.randn(2, 3, 32, 48)
 
 
-@pytest.mark.parametrize("cfg", ABLATIONS, ids=lambda c: "-".join(str(v) for v in c.to_dict().values()))
+@pytest.mark.parametrize("cfg", ablation_params())
 def test_every_ablation_config_fast_equals_stock(cfg: DABNetConfig) -> None:
     """Same math: in float64 (train mode) every gradient agrees to < 1e-8 relative (float64 rounding
     amplified by BatchNorm's batch statistics reaches ~1e-9; one float32 rounding inside an op shows
@@ -229,6 +229,7 @@ def test_official_logits_reproduced_with_fast_ops(official_fixture_path: Path) -
     assert (logits - official["logits"]).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow
 def test_compiles_without_graph_breaks() -> None:
     torch.manual_seed(0)
     stock = nn.Sequential(_dw_conv(8, 3, "kx1", 4), nn.PReLU(8), _dw_conv(8, 3, "1xk", 2))

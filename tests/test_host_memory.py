@@ -22,8 +22,8 @@ def _stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("DABNET_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "stats_cache"))
 
 
-def test_decoded_size_estimate_is_exact_for_camvid(camvid_root: Path) -> None:
-    ds = subset(build_dataset("camvid", camvid_root, "val"), 5)
+def test_decoded_size_estimate_is_exact_for_camvid(camvid_tiny: Path) -> None:
+    ds = subset(build_dataset("camvid", camvid_tiny, "val"), 5)
     image, label = ds.load(0)
     assert decoded_bytes(ds) == 5 * (image.nbytes + label.nbytes) == 5 * 360 * 480 * 4
 
@@ -62,10 +62,10 @@ def test_recipe_field_is_validated() -> None:
         recipe.replace(cache_ram_fraction=1.5)
 
 
-def test_subset_of_a_cached_split_keeps_the_matching_decoded_samples(camvid_root: Path) -> None:
-    full = build_dataset("camvid", camvid_root, "val")
+def test_subset_of_a_cached_split_keeps_the_matching_decoded_samples(camvid_tiny: Path) -> None:
+    full = build_dataset("camvid", camvid_tiny, "val")
     names = [full.name(i) for i in range(len(full))]
-    cached = build_dataset("camvid", camvid_root, "val").cache_in_memory(progress=False)
+    cached = build_dataset("camvid", camvid_tiny, "val").cache_in_memory(progress=False)
     arrays = {name: cached.load(i)[0] for i, name in enumerate(names)}
     subset(cached, 4)
     assert len(cached._cache) == 4
@@ -73,16 +73,17 @@ def test_subset_of_a_cached_split_keeps_the_matching_decoded_samples(camvid_root
         assert cached.load(i)[0] is arrays[cached.name(i)]
 
 
+@pytest.mark.slow
 def test_streamed_and_cached_training_give_the_same_weights(
-    camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Same seed, cached in RAM vs decoded per access (in-process and in 2 loader workers): same samples,
     same augmentations, same weights; the log says which path was taken and why."""
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, val_every=0, save_every=0, crop_size=(48, 64))
-    cached = fit(recipe, camvid_root, tmp_path / "cached", quiet=True)
+    cached = fit(recipe, camvid_tiny, tmp_path / "cached", quiet=True)
     assert "camvid train (8 images, ~0.01 GB decoded): decoded once into RAM" in capsys.readouterr().out
-    streamed = fit(recipe.replace(cache_ram_fraction=0.0), camvid_root, tmp_path / "streamed", quiet=True)
+    streamed = fit(recipe.replace(cache_ram_fraction=0.0), camvid_tiny, tmp_path / "streamed", quiet=True)
     assert "decoded per access (cache_ram_fraction=0)" in capsys.readouterr().out
-    workers = fit(recipe.replace(cache_ram_fraction=0.0, num_workers=2), camvid_root, tmp_path / "w", quiet=True)
+    workers = fit(recipe.replace(cache_ram_fraction=0.0, num_workers=2), camvid_tiny, tmp_path / "w", quiet=True)
     assert cached["iterations"] == streamed["iterations"] == 2
     assert cached["weights_digest"] == streamed["weights_digest"] == workers["weights_digest"]

@@ -153,8 +153,8 @@ def test_predict_folder_writes_three_kinds(net: DABNet, tmp_path: Path) -> None:
     assert list(only) == ["label"] and not (tmp_path / "only" / "color").exists()
 
 
-def test_predict_split_of_a_dataset(camvid_root: Path, tmp_path: Path) -> None:
-    ds = build_dataset("camvid", camvid_root, "test")
+def test_predict_split_of_a_dataset(camvid_tiny: Path, tmp_path: Path) -> None:
+    ds = build_dataset("camvid", camvid_tiny, "test")
     ds.samples = ds.samples[:2]
     pairs = [ds.load(i) for i in range(2)]
     pred = Predictor(Oracle(pairs, CAMVID.official_mean, 11), CAMVID.official_mean, device="cpu")

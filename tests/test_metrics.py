@@ -251,6 +251,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_reduce_sums_over_ranks(tmp_path):
     import torch.multiprocessing as mp
 

@@ -74,6 +74,7 @@ def _outputs(path: Path) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 def test_smoke_workbook_writes_every_report(smoke_run: dict[str, Path]) -> None:
     reports = smoke_run["base"] / "reports"
     for name in NOTEBOOKS:
@@ -88,6 +89,7 @@ def test_smoke_workbook_writes_every_report(smoke_run: dict[str, Path]) -> None:
         assert (reports / "figures" / figure).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_smoke_tables_hold_measured_values(smoke_run: dict[str, Path]) -> None:
     reports = smoke_run["base"] / "reports"
     ablations = pd.read_csv(reports / "ablations.csv")
@@ -108,6 +110,7 @@ def test_smoke_tables_hold_measured_values(smoke_run: dict[str, Path]) -> None:
     assert "eager" in set(fps["variant"]) and (fps.loc[fps["variant"] == "eager", "fps"] > 0).all()
 
 
+@pytest.mark.slow
 def test_executed_training_notebook_stays_small(smoke_run: dict[str, Path]) -> None:
     """An executed copy gets live=False: no progress widget, no live figure, a few text lines."""
     path = smoke_run["03_training"]
@@ -163,11 +166,13 @@ def test_parameter_annotations_and_float_defaults() -> None:
         check_parameters("02", {"variant": "all"}, declared)
 
 
+@pytest.mark.slow
 def test_viewer_runs_under_papermill(smoke_run: dict[str, Path]) -> None:
     text = _outputs(smoke_run["05_qualitative_results"])
     assert "application/vnd.jupyter.widget-view+json" in text
 
 
+@pytest.mark.slow
 def test_run_all_stops_at_the_failing_notebook(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     env = {**os.environ, "CI": "1"}

@@ -134,11 +134,11 @@ def test_measure_reports_latency_fps_and_context() -> None:
         measure(fn, x, iters=0)
 
 
-def test_calibration_images_are_mean_subtracted_training_images(camvid_root: Path) -> None:
-    [native] = calibration_images(camvid_root, (360, 480), count=1)
-    image, _ = CamVid(camvid_root, "train").load(0)
+def test_calibration_images_are_mean_subtracted_training_images(camvid_tiny: Path) -> None:
+    [native] = calibration_images(camvid_tiny, (360, 480), count=1)
+    image, _ = CamVid(camvid_tiny, "train").load(0)
     assert torch.equal(native[0], normalize(image, CAMVID.official_mean))
-    small = calibration_images(camvid_root, SIZE, count=3)
+    small = calibration_images(camvid_tiny, SIZE, count=3)
     assert len(small) == 3 and all(x.shape == (1, 3, *SIZE) and x.dtype == torch.float32 for x in small)
 
 
@@ -193,7 +193,9 @@ def test_inference_forward_matches_the_model(cfg: DABNetConfig, images: torch.Te
         assert relative_difference(expected, InferenceForward(net)(images)) < 1e-5
 
 
-@pytest.mark.parametrize("variant", ["eager", "channels_last", "folded", "onnxruntime"])
+@pytest.mark.parametrize(
+    "variant", ["eager", "channels_last", "folded", pytest.param("onnxruntime", marks=pytest.mark.slow)]
+)
 def test_fp32_variant_matches_eager(model: DABNet, images: torch.Tensor, variant: str) -> None:
     opt = optimize(model, variant, example_input=images, threads=2)
     assert opt.variant == variant and opt.parity["ok"] is True
@@ -206,6 +208,7 @@ def test_fp32_variant_matches_eager(model: DABNet, images: torch.Tensor, variant
     assert relative_difference(expected, out) <= FP32_TOLERANCE
 
 
+@pytest.mark.slow
 def test_compiled_variant_matches_eager(model: DABNet, images: torch.Tensor) -> None:
     opt = optimize(model, "compiled", example_input=images)
     assert opt.parity["ok"] is True and opt.build_s > 0
@@ -218,11 +221,12 @@ def test_compiled_variant_matches_eager(model: DABNet, images: torch.Tensor) -> 
     assert relative_difference(expected, out) <= FP32_TOLERANCE
 
 
-def test_int8_variant(camvid_root: Path) -> None:
+@pytest.mark.slow
+def test_int8_variant(camvid_tiny: Path) -> None:
     torch.manual_seed(0)  # a shallow DABNet keeps the quantise + compile time of this test down
     net = DABNet(11, DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8))).eval()
-    calibration = calibration_images(camvid_root, SIZE, count=2)
-    check = calibration_images(camvid_root, SIZE, count=2, split="val")
+    calibration = calibration_images(camvid_tiny, SIZE, count=2)
+    check = calibration_images(camvid_tiny, SIZE, count=2, split="val")
     if importlib.util.find_spec("torchao") is None:
         # PT2E quantisation lives in torchao for torch >= 2.10: the variant must say what to install.
         with pytest.raises(VariantError, match=TORCHAO_PIP.replace(".", r"\.")):
@@ -256,6 +260,7 @@ def test_unknown_variant_and_missing_calibration_raise(model: DABNet) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_fps_json_has_every_requested_row(tmp_path: Path) -> None:
     code, out = _run_cli(
         [
@@ -383,6 +388,7 @@ def test_missing_openvino_gives_an_install_hint_and_others_still_run(
         assert by[name]["status"] == "error" and "not installed: pip install" in by[name]["error"]
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_openvino_variant_matches_eager(model: DABNet, images: torch.Tensor) -> None:
     opt = optimize(model, "openvino", example_input=images, threads=2)
@@ -395,12 +401,13 @@ def test_openvino_variant_matches_eager(model: DABNet, images: torch.Tensor) -> 
         opt(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 @needs_openvino
-def test_openvino_int8_variant(camvid_root: Path) -> None:
+def test_openvino_int8_variant(camvid_tiny: Path) -> None:
     torch.manual_seed(0)
     net = DABNet(11, DABNetConfig(blocks_1=1, blocks_2=2, dilations_1=(2,), dilations_2=(4, 8))).eval()
-    calibration = calibration_images(camvid_root, SIZE, count=2)
-    check = calibration_images(camvid_root, SIZE, count=2, split="val")
+    calibration = calibration_images(camvid_tiny, SIZE, count=2)
+    check = calibration_images(camvid_tiny, SIZE, count=2, split="val")
     opt = optimize(
         net, "openvino_int8", example_input=calibration[0], calibration=calibration, check_inputs=check, threads=2
     )
@@ -414,6 +421,7 @@ def test_openvino_int8_variant(camvid_root: Path) -> None:
         optimize(net, "openvino_int8", example_input=calibration[0])
 
 
+@pytest.mark.slow
 @needs_openvino
 def test_export_openvino_round_trip(tmp_path: Path, model: DABNet) -> None:
     import openvino as ov
@@ -459,6 +467,7 @@ def test_fps_val_miou_without_weights_is_a_clear_error(capsys: pytest.CaptureFix
     assert code != 0 and "--val-miou needs trained weights: add --checkpoint" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_export_round_trip_through_onnxruntime(tmp_path: Path, model: DABNet) -> None:
     import onnxruntime as ort
 

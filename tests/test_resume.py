@@ -60,24 +60,25 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_interrupted_and_resumed_run_matches_a_straight_run(camvid_root: Path, tmp_path: Path) -> None:
-    straight = fit(_recipe(), camvid_root, tmp_path / "straight", quiet=True)
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_matches_a_straight_run(camvid_tiny: Path, tmp_path: Path) -> None:
+    straight = fit(_recipe(), camvid_tiny, tmp_path / "straight", quiet=True)
     assert straight["iterations"] == 8
 
     run = tmp_path / "resumed"
     with pytest.raises(TrainingInterrupted) as first:  # SIGINT at the end of epoch 1
-        fit(_recipe(), camvid_root, run, quiet=True, on_iteration=_signal_at(4, signal.SIGINT))
+        fit(_recipe(), camvid_tiny, run, quiet=True, on_iteration=_signal_at(4, signal.SIGINT))
     assert first.value.exit_code == 130 and first.value.checkpoint == run / "last.pt"
     ck = load_for_resume(run / "last.pt")
     assert (ck["epoch"], ck["position"], ck["iteration"]) == (1, 0, 4)
 
     with pytest.raises(TrainingInterrupted) as second:  # SIGTERM in the middle of epoch 2
-        fit(_recipe(), camvid_root, run, resume=True, quiet=True, on_iteration=_signal_at(6, signal.SIGTERM))
+        fit(_recipe(), camvid_tiny, run, resume=True, quiet=True, on_iteration=_signal_at(6, signal.SIGTERM))
     assert second.value.exit_code == 143
     ck = load_for_resume(run / "last.pt")
     assert (ck["epoch"], ck["position"], ck["iteration"]) == (1, 2, 6)
 
-    resumed = fit(_recipe(), camvid_root, run, resume=True, quiet=True)
+    resumed = fit(_recipe(), camvid_tiny, run, resume=True, quiet=True)
     assert resumed["iterations"] == 8 and resumed["weights_digest"] == straight["weights_digest"]
     _assert_same_weights(tmp_path / "straight" / "last.pt", run / "last.pt")
     a, b = load_for_resume(tmp_path / "straight" / "last.pt"), load_for_resume(run / "last.pt")
@@ -86,7 +87,8 @@ def test_interrupted_and_resumed_run_matches_a_straight_run(camvid_root: Path, t
     assert signal.getsignal(signal.SIGINT) is not None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_resume_across_the_resolution_stage_boundary_is_exact(camvid_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_resume_across_the_resolution_stage_boundary_is_exact(camvid_tiny: Path, tmp_path: Path) -> None:
     """An iteration-defined two-stage run (as the cpu profile): stage 1 starts at iteration 4, the first
     epoch boundary past 50%; stops just before, at and after the boundary resume to the same weights."""
     from dabnet_lib.training.eta import final_stage_start
@@ -95,37 +97,39 @@ def test_resume_across_the_resolution_stage_boundary_is_exact(camvid_root: Path,
     assert final_stage_start(12, 4, 0.5) == 8
     recipe = recipe.replace(epochs=2)
     assert final_stage_start(8, 4, 0.5) == 4
-    straight = fit(recipe, camvid_root, tmp_path / "straight", quiet=True)
+    straight = fit(recipe, camvid_tiny, tmp_path / "straight", quiet=True)
     crops = [tuple(r["crop"]) for r in straight["metrics"]]
     assert crops == [(48, 64), (64, 80)]
     run = tmp_path / "resumed"
     for stop in (3, 4, 5):
         with pytest.raises(TrainingInterrupted):
-            fit(recipe, camvid_root, run, resume="auto", quiet=True, on_iteration=_signal_at(stop, signal.SIGTERM))
+            fit(recipe, camvid_tiny, run, resume="auto", quiet=True, on_iteration=_signal_at(stop, signal.SIGTERM))
         assert load_for_resume(run / "last.pt")["iteration"] == stop
-    resumed = fit(recipe, camvid_root, run, resume=True, quiet=True)
+    resumed = fit(recipe, camvid_tiny, run, resume=True, quiet=True)
     assert resumed["weights_digest"] == straight["weights_digest"]
     assert [tuple(r["crop"]) for r in resumed["metrics"] if not r["partial"]] == crops
 
 
-def test_worker_processes_do_not_change_the_result(camvid_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_worker_processes_do_not_change_the_result(camvid_tiny: Path, tmp_path: Path) -> None:
     """Augmentation is seeded per (seed, epoch, image): forked workers give the in-process result."""
     recipe = _recipe(epochs=1)
-    in_process = fit(recipe, camvid_root, tmp_path / "w0", quiet=True)
-    workers = fit(recipe.replace(num_workers=2), camvid_root, tmp_path / "w2", quiet=True)
+    in_process = fit(recipe, camvid_tiny, tmp_path / "w0", quiet=True)
+    workers = fit(recipe.replace(num_workers=2), camvid_tiny, tmp_path / "w2", quiet=True)
     assert workers["weights_digest"] == in_process["weights_digest"]
-    other_seed = fit(recipe.replace(seed=7), camvid_root, tmp_path / "s7", quiet=True)
+    other_seed = fit(recipe.replace(seed=7), camvid_tiny, tmp_path / "s7", quiet=True)
     assert other_seed["weights_digest"] != in_process["weights_digest"]
 
 
-def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(camvid_root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_sigint_to_the_cli_leaves_a_resumable_checkpoint(camvid_tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [
         "train",
         "--profile",
         "smoke",
         "--data-root",
-        str(camvid_root),
+        str(camvid_tiny),
         "--out",
         str(out),
         "--quiet",

@@ -112,7 +112,7 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
 
 
 def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
-    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = engine.train_step
     calls = {"n": 0}
@@ -124,13 +124,13 @@ def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
 
     monkeypatch.setattr(engine, "train_step", flaky)
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, save_every=0)
-    summary = engine.fit(recipe, camvid_root, tmp_path / "one", quiet=True)
+    summary = engine.fit(recipe, camvid_tiny, tmp_path / "one", quiet=True)
     (row,) = summary["metrics"]
     assert row["skipped_steps"] == 1 and row["iteration"] == 2 and math.isfinite(row["loss"])
 
     monkeypatch.setattr(engine, "train_step", lambda *a, **k: (torch.tensor(float("inf")), False))
     with pytest.raises(DabnetError, match=r"training diverged: 20 steps in a row .*amp=off"):
-        engine.fit(recipe.replace(epochs=12), camvid_root, tmp_path / "diverged", quiet=True)
+        engine.fit(recipe.replace(epochs=12), camvid_tiny, tmp_path / "diverged", quiet=True)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -166,7 +166,7 @@ class _SkippingScaler(torch.amp.GradScaler):
 
 @pytest.mark.parametrize("sync_every", [1, 3])
 def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
-    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int
+    camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int
 ) -> None:
     """The engine with an enabled GradScaler: skipped steps count in skipped_steps, their (NaN-free but
     unapplied) losses stay out of the loss mean, and 20 in a row stop the run; also when the host reads the
@@ -184,10 +184,10 @@ def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
 
     monkeypatch.setattr(engine, "train_step", recording)
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, save_every=0, val_every=0)
-    summary = engine.fit(recipe, camvid_root, tmp_path / "one", quiet=True)
+    summary = engine.fit(recipe, camvid_tiny, tmp_path / "one", quiet=True)
     (row,) = summary["metrics"]
     assert row["iteration"] == 2 and row["skipped_steps"] == 1
     assert row["loss"] == pytest.approx(seen[0])  # the mean of the one applied step
     _SkippingScaler.calls = 0
     with pytest.raises(DabnetError, match=r"training diverged: 20 steps in a row .*\(iteration 21\)"):
-        engine.fit(recipe.replace(epochs=30), camvid_root, tmp_path / "diverged", quiet=True)
+        engine.fit(recipe.replace(epochs=30), camvid_tiny, tmp_path / "diverged", quiet=True)

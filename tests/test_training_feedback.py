@@ -46,10 +46,10 @@ class Recorder:
         self.closed += 1
 
 
-def test_fit_sends_iteration_epoch_and_validation_events(camvid_root: Path, tmp_path: Path) -> None:
+def test_fit_sends_iteration_epoch_and_validation_events(camvid_tiny: Path, tmp_path: Path) -> None:
     rec, legacy = Recorder(), []
     summary = fit(
-        get_recipe("camvid", "smoke"), camvid_root, tmp_path, quiet=True, callbacks=[rec], on_iteration=legacy.append
+        get_recipe("camvid", "smoke"), camvid_tiny, tmp_path, quiet=True, callbacks=[rec], on_iteration=legacy.append
     )
     assert legacy == [1, 2, 3, 4] and [i["iteration"] for i in rec.iterations] == legacy  # old hook unchanged
     first = rec.iterations[0]
@@ -86,7 +86,7 @@ def test_events_reach_callbacks_on_rank_0_only_and_close_all() -> None:
     assert later.closed == 1
 
 
-def test_dabnet_train_writes_tensorboard_events(camvid_root: Path, tmp_path: Path) -> None:
+def test_dabnet_train_writes_tensorboard_events(camvid_tiny: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert (
@@ -96,7 +96,7 @@ def test_dabnet_train_writes_tensorboard_events(camvid_root: Path, tmp_path: Pat
                 "--profile",
                 "smoke",
                 "--data-root",
-                str(camvid_root),
+                str(camvid_tiny),
                 "--out",
                 str(tmp_path),
                 "--quiet",
@@ -134,14 +134,14 @@ def test_dabnet_train_writes_tensorboard_events(camvid_root: Path, tmp_path: Pat
 
 
 def test_no_tensorboard_flag_and_missing_package(
-    camvid_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     base = [
         "train",
         "--profile",
         "smoke",
         "--data-root",
-        str(camvid_root),
+        str(camvid_tiny),
         "--quiet",
         "--max-epochs",
         "1",
@@ -177,10 +177,10 @@ class FakeHandle:
         self.updates.append(bundle)
 
 
-def test_live_view_updates_one_figure_in_place(camvid_root: Path, tmp_path: Path) -> None:
+def test_live_view_updates_one_figure_in_place(camvid_tiny: Path, tmp_path: Path) -> None:
     display = FakeHandle()
     live = LiveProgress(live=True, plot_every=1, display=display)
-    fit(get_recipe("camvid", "smoke"), camvid_root, tmp_path, quiet=True, callbacks=[live])
+    fit(get_recipe("camvid", "smoke"), camvid_tiny, tmp_path, quiet=True, callbacks=[live])
     assert len(display.shown) == 1 and len(display.updates) >= 3  # one output, updated in place
     last = display.updates[-1]
     assert (
@@ -191,9 +191,9 @@ def test_live_view_updates_one_figure_in_place(camvid_root: Path, tmp_path: Path
     assert live.bar is None  # closed
 
 
-def test_quiet_view_prints_a_few_lines(camvid_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_quiet_view_prints_a_few_lines(camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     recipe = get_recipe("camvid", "smoke").replace(epochs=10, val_every=5)
-    fit(recipe, camvid_root, tmp_path, quiet=True, callbacks=[LiveProgress(live=False, lines=4)])
+    fit(recipe, camvid_tiny, tmp_path, quiet=True, callbacks=[LiveProgress(live=False, lines=4)])
     lines = capsys.readouterr().out.strip().splitlines()
     progress = [line for line in lines if "iteration" in line and "loss" in line]
     assert 3 <= len(progress) <= 6 and progress[-1].startswith("100%") and "20/20" in progress[-1]

@@ -1,4 +1,4 @@
-"""mIoU of inference variants against eager on real CamVid val images."""
+"""mIoU of inference variants against eager on CamVid-layout val images (the generated tiny copy)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dabnet_lib.model.dabnet import DABNet
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_exact_variant_has_no_drop_and_a_bad_variant_gets_an_error_row(camvid_root: Path, tmp_path: Path) -> None:
+def test_exact_variant_has_no_drop_and_a_bad_variant_gets_an_error_row(camvid_tiny: Path, tmp_path: Path) -> None:
     torch.manual_seed(3)
     model = DABNet(11)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding has something to fold
@@ -33,9 +33,9 @@ def test_exact_variant_has_no_drop_and_a_bad_variant_gets_an_error_row(camvid_ro
         },
         path,
     )
-    rows = variant_miou(path, camvid_root, ("folded", "warp9"), split="val", calibration_count=1, limit=2)
+    rows = variant_miou(path, camvid_tiny, ("folded", "warp9"), split="val", calibration_count=1, limit=2)
     eager, folded, bad = rows
-    reference = evaluate_checkpoint(path, camvid_root, "val", progress=False, limit=2)
+    reference = evaluate_checkpoint(path, camvid_tiny, "val", progress=False, limit=2)
     assert eager["variant"] == "eager" and eager["miou"] == round(100 * reference["miou"], 2) and eager["images"] == 2
     assert folded["variant"] == "folded" and folded["images"] == 2 and folded["error"] is None
     assert abs(folded["drop"]) < 0.05 and folded["parity"].startswith("ok")
