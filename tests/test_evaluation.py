@@ -203,6 +203,7 @@ def test_checkpoint_class_count_mismatch(camvid_tiny: Path, tmp_path: Path) -> N
         evaluate_checkpoint(tmp_path / "c19.pt", camvid_tiny, "test", dataset="camvid", device="cpu", progress=False)
 
 
+@pytest.mark.slow
 def test_best_of_last_picks_best_of_last_k(
     camvid_test: SegmentationDataset, camvid_tiny: Path, tmp_path: Path, labels: list[np.ndarray]
 ) -> None:

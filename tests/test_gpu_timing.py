@@ -54,6 +54,7 @@ def test_device_harness_rows_parity_and_cpu_only_rows() -> None:
     assert next(model.parameters()).device.type == "cpu"  # the harness timed a copy
 
 
+@pytest.mark.slow
 def test_a_broken_variant_fails_its_parity_check(monkeypatch: pytest.MonkeyPatch) -> None:
     real = gpu_timing._build
 

@@ -115,19 +115,19 @@ ABLATIONS = [
 ] + [DABNetConfig(blocks_1=2, dilations_1=(2, 2), blocks_2=4, dilations_2=(2, 4, 8, 16))]
 
 
-def ablation_params() -> list:
-    """ABLATIONS as pytest params: the paper's config and those that change one knob run in every tier; the
-    combinations of several knobs are marked ``slow``."""
+def ablation_params(fast_knobs: int) -> list:
+    """ABLATIONS as pytest params: configs that change at most ``fast_knobs`` knobs of the paper's run in every
+    tier, the others are marked ``slow``."""
     paper = DABNetConfig().to_dict()
     params = []
     for cfg in ABLATIONS:
         changed = sum(value != paper[key] for key, value in cfg.to_dict().items())
-        marks = () if changed <= 1 else (pytest.mark.slow,)
+        marks = () if changed <= fast_knobs else (pytest.mark.slow,)
         params.append(pytest.param(cfg, marks=marks, id="-".join(str(v) for v in cfg.to_dict().values())))
     return params
 
 
-@pytest.mark.parametrize("cfg", ablation_params())
+@pytest.mark.parametrize("cfg", ablation_params(fast_knobs=0))  # a forward + backward pass each: seconds
 def test_every_ablation_config_trains(cfg: DABNetConfig) -> None:
     torch.manual_seed(0)
     model = DABNet(5, cfg)

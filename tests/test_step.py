@@ -111,6 +111,7 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
     assert training_layout(True, torch.bfloat16, cpu).memory_format == torch.channels_last
 
 
+@pytest.mark.slow
 def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
     camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,6 +165,7 @@ class _SkippingScaler(torch.amp.GradScaler):
                 found.fill_(1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sync_every", [1, 3])
 def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
     camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_every: int

@@ -191,6 +191,7 @@ def test_live_view_updates_one_figure_in_place(camvid_tiny: Path, tmp_path: Path
     assert live.bar is None  # closed
 
 
+@pytest.mark.slow
 def test_quiet_view_prints_a_few_lines(camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     recipe = get_recipe("camvid", "smoke").replace(epochs=10, val_every=5)
     fit(recipe, camvid_tiny, tmp_path, quiet=True, callbacks=[LiveProgress(live=False, lines=4)])

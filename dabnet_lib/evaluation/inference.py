@@ -66,11 +66,14 @@ def checkpoint_normalization(
     """``(mean, std, source)``: the checkpoint's own ``mean``/``std`` (RGB, 0..255) when it stores
     them, else the official release's mean for ``info`` with no std (what the official code did)."""
     if ckpt.get("mean") is not None:
-        mean = tuple(float(v) for v in ckpt["mean"])
         std = ckpt.get("std")
-        std_t = tuple(float(v) for v in std) if std is not None else None
-        return mean, std_t, "checkpoint"  # type: ignore[return-value]
-    return tuple(info.official_mean), None, f"official {info.name} mean (the checkpoint stores none)"  # type: ignore[return-value]
+        return _rgb(ckpt["mean"]), _rgb(std) if std is not None else None, "checkpoint"
+    return _rgb(info.official_mean), None, f"official {info.name} mean (the checkpoint stores none)"
+
+
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    r, g, b = (float(v) for v in values)  # exactly three (R, G, B)
+    return r, g, b
 
 
 def write_png(path: Path, array: np.ndarray) -> None:

@@ -263,6 +263,7 @@ def evaluate_sharded(
     shard = ctx.enabled and len(dataset) >= ctx.world_size
     res = evaluate(
         model,
+        # Shard has the part of SegmentationDataset that evaluate() reads (len, load, name, info, has_labels).
         Shard(dataset, ctx.rank, ctx.world_size) if shard else dataset,  # type: ignore[arg-type]
         device=device,
         batch_size=1,

@@ -230,7 +230,7 @@ class _Trainer:
         """The checkpoint to resume from (None for a new run, or ``"auto"`` without ``last.pt``)."""
         if not resume:
             return None
-        path = self.out / "last.pt" if resume in (True, "auto") else Path(resume)  # type: ignore[arg-type]
+        path = self.out / "last.pt" if isinstance(resume, bool) or resume == "auto" else Path(resume)
         if resume == "auto" and not path.is_file():
             return None
         if not path.is_file():
@@ -377,14 +377,10 @@ class _Trainer:
     def _save(self, row: dict[str, Any] | None) -> None:
         if not self.main:
             return
-        improved = (
-            row is not None
-            and row.get("val_miou") is not None
-            and not self.val_seen
-            and (self.best is None or row["val_miou"] > self.best)
-        )
+        val_miou = row.get("val_miou") if row is not None else None
+        improved = val_miou is not None and not self.val_seen and (self.best is None or val_miou > self.best)
         if improved:
-            self.best = row["val_miou"]  # type: ignore[index]
+            self.best = val_miou
         last = save_checkpoint(self._checkpoint(), self.out / "last.pt")
         if improved:
             copy_checkpoint(last, self.out / "best.pt")
