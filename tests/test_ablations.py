@@ -338,3 +338,15 @@ def test_ray_backend_runs_units_on_a_local_instance(smoke_sweep: Sweep) -> None:
     records = read_units(smoke_sweep.units_dir)
     assert [(r["variant"], r["seed"]) for r in records] == [("paper", 0), ("paper", 1)]
     assert all(r["iterations"] == 2 for r in records)
+
+
+def test_the_table_names_the_compared_seeds_when_the_reference_has_noise_study_seeds(tmp_path: Path) -> None:
+    sweep = Sweep("camvid", "smoke", Path("."), tmp_path, tmp_path / "runs")
+    table_units = plan_units(["paper", "local_only"], [0, 1], [4])
+    noise_units = plan_units(["paper"], [0, 1, 2, 3], [4])  # the noise study at the table budget
+    for u in sorted(set(table_units + noise_units)):
+        write_unit(tmp_path, _record(u, 40.0 + u.seed - (1.0 if u.variant == "local_only" else 0.0)))
+    tables = build_tables(sweep, noise_units + table_units, 4)
+    assert tables.seeds == (0, 1)
+    t = tables.table.set_index("variant")
+    assert t.loc["paper", "seeds"] == 4 and t.loc["local_only", "n_paired"] == 2

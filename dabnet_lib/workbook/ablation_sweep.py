@@ -251,7 +251,10 @@ def build_tables(
             table = table.merge(extra, on="variant", how="left")
     noise_runs = ok[ok["variant"] == reference]
     noise = noise_table(noise_runs) if len(noise_runs) else pd.DataFrame()
-    seeds = tuple(sorted({u.seed for u in planned} or {int(s) for s in at_budget["seed"]}))  # the design's list
+    # the design's seed list: the compared variants' seeds at the table budget (the reference may have more:
+    # the noise study's seeds at the same budget)
+    compared = [u for u in planned if u.iters == budget and u.variant != reference] or list(planned)
+    seeds = tuple(sorted({u.seed for u in compared} or {int(s) for s in at_budget["seed"]}))
     return SweepTables(runs, table, noise, budget, seeds, missing, flagged)
 
 
