@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,21 +139,15 @@ def test_stats_prints_mean_std_and_weights(camvid_root: Path, capsys: pytest.Cap
     assert len(stats["class_weights"]) == 11 and stats["num_images"] == 101
 
 
+def _tiny_bench(root: Path, cands: list[Candidate], **kwargs: Any) -> dict[str, Any]:
+    """bench_train on 48x64 crops, batch 2, one warm-up iteration, in-process loading."""
+    return bench_train(root, cands, batch_size=2, input_size=(48, 64), warmup=1, official_workers=0, **kwargs)
+
+
 @pytest.mark.slow
 def test_bench_train_reports_the_official_loop_and_each_candidate(camvid_tiny: Path) -> None:
     cands = [Candidate("off", True, False), Candidate("bf16", False, False)]
-    result = bench_train(
-        camvid_tiny,
-        cands,
-        batch_size=2,
-        input_size=(48, 64),
-        iters=2,
-        rounds=2,
-        warmup=1,
-        official_workers=0,
-        max_images=6,
-        status={cands[0]: "the choice"},
-    )
+    result = _tiny_bench(camvid_tiny, cands, iters=2, rounds=2, max_images=6, status={cands[0]: "the choice"})
     assert [e["label"] for e in result["engines"]] == ["fp32 channels_last eager", "bf16 NCHW eager"]
     for loop in [result["official"], *result["engines"]]:
         assert loop["images"] == 8 and loop["images_per_s"] > 0 and len(loop["round_images_per_s"]) == 2
@@ -172,17 +167,7 @@ def test_bench_train_labels_a_refused_channels_last_candidate_by_the_layout_it_t
 
     monkeypatch.setattr(step, "bf16_channels_last_grad_error", lambda device_type="cpu": 1.7)  # the defect
     cands = [Candidate("bf16", True, False), Candidate("off", True, False)]
-    result = bench_train(
-        camvid_tiny,
-        cands,
-        batch_size=2,
-        input_size=(48, 64),
-        iters=1,
-        rounds=1,
-        warmup=1,
-        official_workers=0,
-        max_images=4,
-    )
+    result = _tiny_bench(camvid_tiny, cands, iters=1, rounds=1, max_images=4)
     refused, fp32 = result["engines"]
     assert refused["label"] == "bf16 NCHW* eager" and refused["channels_last"] is False
     assert refused["requested_channels_last"] is True and "wrong bf16 channels_last gradients" in refused["layout_note"]
