@@ -50,7 +50,8 @@ ABLATION_ITERS: dict[str, int | None] = {"smoke": None, "cpu": 300, "paper": Non
 ABLATION_SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0, 1), "cpu": (0, 1, 2), "paper": (0, 1, 2)}
 #: The noise study: the reference variant at these budgets with these seeds, per profile.
 #: Budgets of the noise study. cpu: 300 already met the <= 1.0-point seed std that the table budget needs,
-#: so no longer budget is studied (a 1200-iteration row would cost 4 x ~17 min and cannot change the choice).
+#: so no longer budget is studied (a 1200-iteration row would cost 4 units of 4x a 300-iteration one and could
+#: not change the choice).
 NOISE_BUDGETS: dict[str, tuple[int, ...]] = {"smoke": (2, 4), "cpu": (300, 600), "paper": ()}
 NOISE_SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0, 1), "cpu": (0, 1, 2, 3), "paper": ()}
 #: Warm-up as a share of an iteration budget (the lr then anneals to 0 at the budget's last iteration).
