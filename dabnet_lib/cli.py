@@ -11,12 +11,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import DabnetError
 from .paths import default_data_root
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only inside the command that needs them
+    from .evaluation.inference import Source
+    from .model.dabnet import DABNet
     from .training.recipes import Recipe
 
 Runner = Callable[[argparse.Namespace], int | None]
@@ -253,7 +255,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     from .training.autotune import Candidate, candidate_space, choose
     from .training.step import bf16_channels_last_grad_error
 
-    onoff = {"auto": "auto", "on": True, "off": False}
+    onoff: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
     fast = fast_ops_rule("cpu") if args.fast_ops is None else args.fast_ops
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -436,6 +438,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, scale=args.scale, dataset=args.dataset)
     info = predictor.info
     assert info is not None
+    source: Source
     if args.split is not None:
         root = Path(args.data_root) if args.data_root else default_data_root(info.name)
         source = build_dataset(info.name, root, args.split)
@@ -477,7 +480,7 @@ def _profiling_hw(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _profiling_model(args: argparse.Namespace) -> tuple[object, dict, str]:
+def _profiling_model(args: argparse.Namespace) -> tuple[DABNet, dict[str, Any], str]:
     """(model in eval mode, checkpoint dict or {}, a short description of the weights)."""
     from .model.dabnet import DABNet, build_from_checkpoint
 

@@ -174,3 +174,14 @@ def test_bench_train_labels_a_refused_channels_last_candidate_by_the_layout_it_t
     assert fp32["label"] == "fp32 channels_last eager" and fp32["channels_last"] is True and fp32["layout_note"] is None
     text = format_bench(result)
     assert "asked for channels_last, trained NCHW" in text and "bf16 NCHW* eager" in text
+
+
+def test_the_official_style_loader_names_an_unreadable_image(tmp_path: Path) -> None:
+    from dabnet_lib.deploy.bench import OfficialStyleCamVid
+    from dabnet_lib.errors import DatasetError
+
+    broken = tmp_path / "0001.png"
+    broken.write_bytes(b"not a png")
+    ds = OfficialStyleCamVid([(broken, broken)], (8, 8), CAMVID.official_mean, CAMVID.ignore_index)
+    with pytest.raises(DatasetError, match=r"cannot read .*0001\.png"):
+        ds[0]

@@ -14,7 +14,16 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from dabnet_lib.workbook.runner import NOTEBOOK_DIR, NOTEBOOKS, REPO_ROOT, Layout, ParameterError, main, run_notebook
+from dabnet_lib.workbook.runner import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    REPO_ROOT,
+    Layout,
+    NotebookFailed,
+    ParameterError,
+    main,
+    run_notebook,
+)
 
 COMMON_PARAMETERS = {"dataset", "data_root", "profile", "run_dir", "reports_dir", "seed"}
 OWN_PARAMETERS = {
@@ -198,6 +207,17 @@ def test_run_all_stops_at_the_failing_notebook(tmp_path: Path) -> None:
     assert (reports / "notebooks" / "01_data_exploration.failed.ipynb").is_file()
     assert not (reports / "notebooks" / "01_data_exploration.ipynb").exists()
     assert not (reports / "notebooks" / "02_dab_ablations.ipynb").exists()
+
+
+def test_a_failing_cell_is_reported_by_its_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(_source: str, partial: str, **_kwargs: object) -> None:
+        Path(partial).write_text("{}")
+        raise pm.PapermillExecutionError(3, 1, "cell", "DatasetError", "no CamVid here: run `make data`", [])
+
+    monkeypatch.setattr(pm, "execute_notebook", fail)
+    with pytest.raises(NotebookFailed, match=r"01_data_exploration failed after \d+ s: DatasetError: no CamVid here"):
+        run_notebook("01", {}, tmp_path)
+    assert (tmp_path / "01_data_exploration.failed.ipynb").is_file()
 
 
 def test_smoke_layout_never_touches_committed_reports() -> None:

@@ -193,6 +193,11 @@ def test_inference_forward_matches_the_model(cfg: DABNetConfig, images: torch.Te
         assert relative_difference(expected, InferenceForward(net)(images)) < 1e-5
 
 
+def test_inference_forward_refuses_another_network() -> None:
+    with pytest.raises(TypeError, match=r"InferenceForward rewrites DABNet\.forward; got a Conv2d"):
+        InferenceForward(nn.Conv2d(3, 3, 1))
+
+
 @pytest.mark.parametrize(
     "variant", ["eager", "channels_last", "folded", pytest.param("onnxruntime", marks=pytest.mark.slow)]
 )

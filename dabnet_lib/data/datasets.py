@@ -11,6 +11,7 @@ Statistics, ``validate`` and ``check`` live in :mod:`dabnet_lib.data.statistics`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     #: which raw label values are legal in the label files (subclasses set it), bool (256,)
     _raw_valid: np.ndarray
 
-    def __init__(self, root: str | Path, split: str, transform: Transform | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], split: str, transform: Transform | None = None) -> None:
         _check_split(split)
         self.root = Path(root)
         self.split = split
@@ -404,7 +405,9 @@ def subset(dataset: SegmentationDataset, n: int | None, spread: bool = True) -> 
     return dataset
 
 
-def build_dataset(name: str, root: str | Path, split: str, transform: Transform | None = None) -> SegmentationDataset:
+def build_dataset(
+    name: str, root: str | os.PathLike[str], split: str, transform: Transform | None = None
+) -> SegmentationDataset:
     """``CamVid`` or ``Cityscapes`` by name (case-insensitive)."""
     info = get_info(name)
     return _CLASSES[info.name](root, split, transform=transform)

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.datasets import CAMVID, build_dataset, subset
 from ..data.transforms import PAPER_SCALES, TrainTransform
 from ..devices import to_memory_format
+from ..errors import DatasetError
 from ..machine import cpu_label
 from ..model.dabnet import DABNet
 from ..model.fast_ops import use_fast_ops
@@ -45,6 +46,14 @@ from ..training.step import autocast_dtype, train_step, training_layout
 # The official release's CamVid class weights (github.com/Reagan1311/DABNet): both loops use them, so the loss
 # costs the same.
 _WEIGHTS = (4.43, 3.44, 9.63, 2.91, 6.99, 5.21, 9.49, 9.15, 7.17, 9.89, 7.55)
+
+
+def _imread(path: Path | None, flags: int) -> np.ndarray:
+    """``cv2.imread(path, flags)`` (BGR or grey), or :class:`DatasetError` naming a file it cannot read."""
+    image = None if path is None else cv2.imread(str(path), flags)
+    if image is None:
+        raise DatasetError(f"bench-train: cannot read {path}: missing or not an image (re-run `make data`)")
+    return image
 
 
 class OfficialStyleCamVid(Dataset):
@@ -61,8 +70,8 @@ class OfficialStyleCamVid(Dataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.samples[i]
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        label = cv2.imread(str(label_path), cv2.IMREAD_GRAYSCALE)
+        image = _imread(image_path, cv2.IMREAD_COLOR)
+        label = _imread(label_path, cv2.IMREAD_GRAYSCALE)
         scale = random.choice(PAPER_SCALES)
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         label = cv2.resize(label, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)

@@ -167,8 +167,9 @@ def benchmark_on_device(
         dev = torch.device("cuda", torch.cuda.current_device())
     on_device = copy.deepcopy(model).eval().to(dev)
     example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    device_text = device_name(dev)
     context = {
-        "device": device_name(dev),
+        "device": device_text,
         "threads": torch.get_num_threads(),
         "batch": batch,
         "resolution": f"{input_size[0]}x{input_size[1]}",
@@ -227,7 +228,7 @@ def benchmark_on_device(
             log(f"round {r + 1}/{rounds} done")
     eager_ms = None
     for name in built:
-        stats = summarize(times[name], example, context["device"])
+        stats = summarize(times[name], example, device_text)
         rows[name].update(ms=round(stats["median_ms"], 3), p90_ms=round(stats["p90_ms"], 3), fps=round(stats["fps"], 2))
         eager_ms = stats["median_ms"] if name == "eager" else eager_ms
     end_load = load_average()

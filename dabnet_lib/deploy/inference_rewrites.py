@@ -16,37 +16,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import ModuleT
 from ..model.dabnet import BNPReLU, Conv, DABNet, DownSamplingBlock
 
 # --------------------------------------------------------------------------- BatchNorm folding
 
 
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(running_mean, running_var) of an eval BatchNorm; a BN built without running statistics
+    (``track_running_stats=False``) normalises by the batch and cannot be folded or split."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm2d without running statistics (track_running_stats=False): not an eval-mode BN")
+    return bn.running_mean, bn.running_var
+
+
 def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A new conv (with bias) computing ``bn(conv(x))`` in eval mode; arithmetic in float64."""
     w = conv.weight.detach().double()
-    mean, var = bn.running_mean.double(), bn.running_var.double()
+    mean, var = (t.double() for t in _running_stats(bn))
     gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(mean)
     beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(mean)
     scale = gamma / torch.sqrt(var + bn.eps)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    )
+    fused = copy.deepcopy(conv)  # same geometry, padding mode, device and dtype
     with torch.no_grad():
         fused.weight.copy_((w * scale.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
-        fused.bias.copy_(((bias - mean) * scale + beta).to(conv.weight.dtype))
-    return fused.to(conv.weight.device)
+    fused.bias = nn.Parameter(((bias - mean) * scale + beta).to(conv.weight.dtype))
+    return fused
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: ModuleT) -> ModuleT:
     """A copy of ``model`` (eval mode) with each BatchNorm that directly follows a conv folded into it.
 
     In DABNet that is ``Conv.conv`` -> ``Conv.bn_prelu.bn`` (stem, DAB 3x3 and branch convs) and the
@@ -57,7 +56,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for module in folded.modules():
         if isinstance(module, Conv) and module.bn_prelu is not None and isinstance(module.bn_prelu.bn, nn.BatchNorm2d):
             module.conv = _fold_conv_bn(module.conv, module.bn_prelu.bn)
-            module.bn_prelu.bn = nn.Identity()
+            module.bn_prelu.register_module("bn", nn.Identity())  # replaces the BatchNorm2d
         elif (
             isinstance(module, DownSamplingBlock)
             and not module.widen
@@ -65,7 +64,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             and isinstance(module.bn_prelu.bn, nn.BatchNorm2d)
         ):
             module.conv3x3.conv = _fold_conv_bn(module.conv3x3.conv, module.bn_prelu.bn)
-            module.bn_prelu.bn = nn.Identity()
+            module.bn_prelu.register_module("bn", nn.Identity())
     return folded
 
 
@@ -82,10 +81,11 @@ def _bn_prelu_by_part(block: BNPReLU, parts: list[torch.Tensor]) -> torch.Tensor
         sl = slice(start, start + part.shape[1])
         start += part.shape[1]
         if isinstance(bn, nn.BatchNorm2d):
+            mean, var = _running_stats(bn)
             part = F.batch_norm(
                 part,
-                bn.running_mean[sl],
-                bn.running_var[sl],
+                mean[sl],
+                var[sl],
                 bn.weight[sl] if bn.weight is not None else None,
                 bn.bias[sl] if bn.bias is not None else None,
                 False,
@@ -139,7 +139,9 @@ class InferenceForward(nn.Module):
     ``F.interpolate`` up to float rounding). (N, 3, H, W) -> (N, C, H, W).
     """
 
-    def __init__(self, net: DABNet, fast_upsample: bool = True) -> None:
+    def __init__(self, net: nn.Module, fast_upsample: bool = True) -> None:
+        if not isinstance(net, DABNet):
+            raise TypeError(f"InferenceForward rewrites DABNet.forward; got a {type(net).__name__}")
         super().__init__()
         self.net = net
         self.fast_upsample = fast_upsample

@@ -177,7 +177,7 @@ def onnx_bytes(model: nn.Module, example_input: torch.Tensor, dynamic: bool = Tr
             torch.onnx.export(
                 model.eval(),
                 (example_input,),
-                buf,
+                buf,  # type: ignore[arg-type]  # the stub says a path; the TorchScript exporter writes file objects too
                 dynamo=False,
                 opset_version=ONNX_OPSET,
                 input_names=["image"],

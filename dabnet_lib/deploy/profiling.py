@@ -159,6 +159,8 @@ def wait_for_idle(max_wait_s: float, threshold: float = 0.9, window_s: float = 1
             return None
         time.sleep(window_s)
         after = _cpu_times()
+        if after is None:
+            return None
         busy, idle = after[0] - before[0], after[1] - before[1]
         frac = idle / (busy + idle) if busy + idle else 1.0
         calm = calm + 1 if frac >= threshold else 0
@@ -302,8 +304,9 @@ def benchmark(
         torch.set_num_threads(threads)
     try:
         example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
+        device_text = device_name("cpu")
         context = {
-            "device": device_name("cpu"),
+            "device": device_text,
             "threads": torch.get_num_threads(),
             "batch": batch,
             "resolution": f"{input_size[0]}x{input_size[1]}",
@@ -367,7 +370,7 @@ def benchmark(
         end_load = load_average()
         eager_ms = None
         for name in built:
-            stats = summarize(times[name], example, context["device"])
+            stats = summarize(times[name], example, device_text)
             rows[name].update(
                 ms=round(stats["median_ms"], 2), p90_ms=round(stats["p90_ms"], 2), fps=round(stats["fps"], 2)
             )

@@ -42,11 +42,11 @@ def plot_deltas(tables: SweepTables, path: Path, title: str) -> Path:
     t = t[t["verdict"] != "reference"].sort_values("delta") if len(t) else t.assign(variant=[], delta=[])
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(t), 2) + 1.2), layout="constrained")
     ax.axvline(0, color="black", lw=1)
-    for y, row in enumerate(t.itertuples()):
-        colour = _VERDICT_COLOURS.get(row.verdict, "tab:grey")
-        if row.ci_low == row.ci_low:
-            ax.plot([row.ci_low, row.ci_high], [y, y], color=colour, lw=2)
-        ax.plot(row.delta, y, "o", color=colour)
+    for y, row in enumerate(t.to_dict("records")):
+        colour = _VERDICT_COLOURS.get(row["verdict"], "tab:grey")
+        if row["ci_low"] == row["ci_low"]:  # NaN: no interval
+            ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=colour, lw=2)
+        ax.plot(row["delta"], y, "o", color=colour)
     ax.set_yticks(range(len(t)), list(t["variant"]))
     ax.set_xlabel(
         f"val mIoU delta vs {A.REFERENCE} (points), {int(CONFIDENCE * 100)}% interval; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ def paired_table(runs: pd.DataFrame, reference: str, confidence: float = CONFIDE
     rows = []
     for variant, group in runs.groupby("variant", sort=False):
         by_seed = group.set_index("seed")["val_miou"]
-        row = {
+        row: dict[str, Any] = {
             "variant": variant,
             "seeds": len(by_seed),
             "val_miou": float(by_seed.mean()),
@@ -105,11 +106,11 @@ def noise_table(runs: pd.DataFrame) -> pd.DataFrame:
     would face) and mean training minutes per run. ``runs``: columns ``iters``, ``seed``, ``val_miou``,
     ``train_minutes``."""
     rows = []
-    for iters, group in runs.groupby("iters"):
+    for _, group in runs.groupby("iters"):
         sd = float(group["val_miou"].std(ddof=1)) if len(group) > 1 else math.nan
         rows.append(
             {
-                "iters": int(iters),
+                "iters": int(group["iters"].iloc[0]),
                 "seeds": len(group),
                 "val_miou": float(group["val_miou"].mean()),
                 "seed_sd": sd,

@@ -237,7 +237,7 @@ def build_tables(
     runs = pd.DataFrame(rows, columns=_RUN_COLUMNS)
     ok = runs[runs["flags"] == ""]
     at_budget = ok[ok["iters"] == budget]
-    present = {Unit(r.variant, int(r.seed), int(r.iters)) for r in ok.itertuples()}
+    present = {Unit(r["variant"], int(r["seed"]), int(r["iters"])) for r in ok.to_dict("records")}
     missing = [u for u in planned if u not in present]
     table = paired_table(at_budget, reference) if len(at_budget) else pd.DataFrame()
     if len(table):
@@ -290,19 +290,16 @@ def interpretation(tables: SweepTables, confidence: float = CONFIDENCE) -> list[
         )
         + "."
     )
-    for row in others[others["verdict"] == "not resolved"].itertuples():
-        if row.n_paired < 2:
-            lines.append(f"{row.variant}: {row.n_paired} paired seed(s), no interval yet.")
-        elif row.seeds_needed is None or row.seeds_needed != row.seeds_needed:
+    for row in others[others["verdict"] == "not resolved"].to_dict("records"):
+        head = f"{row['variant']}: delta {row['delta']:+.2f} (sd of paired deltas {row['delta_sd']:.2f}) would"
+        if row["n_paired"] < 2:
+            lines.append(f"{row['variant']}: {row['n_paired']} paired seed(s), no interval yet.")
+        elif row["seeds_needed"] is None or row["seeds_needed"] != row["seeds_needed"]:
             lines.append(
-                f"{row.variant}: delta {row.delta:+.2f} (sd of paired deltas {row.delta_sd:.2f}) would need "
-                f"more than {MAX_SEEDS} paired seeds at this budget: no effect this budget can show."
+                f"{head} need more than {MAX_SEEDS} paired seeds at this budget: no effect this budget can show."
             )
         else:
-            lines.append(
-                f"{row.variant}: delta {row.delta:+.2f} (sd of paired deltas {row.delta_sd:.2f}) would be "
-                f"resolved by about {int(row.seeds_needed)} paired seeds at this budget."
-            )
+            lines.append(f"{head} be resolved by about {int(row['seeds_needed'])} paired seeds at this budget.")
     return lines
 
 

@@ -126,10 +126,11 @@ def _view(df: pd.DataFrame, view: TableView | None, csv_name: str) -> tuple[pd.D
     if len(shown) < len(df.columns):
         header[_SHOWN_KEY] = f"{len(shown)} of {len(df.columns)} columns; every column in `{csv_name}`"
     problems = []
-    if view.problems in df.columns:
-        for _, row in df[df[view.problems].notna() & (df[view.problems].astype(str).str.strip() != "")].iterrows():
+    column = view.problems
+    if column is not None and column in df.columns:
+        for _, row in df[df[column].notna() & (df[column].astype(str).str.strip() != "")].iterrows():
             where = ", ".join(str(row[c]) for c in shown[:3])
-            problems.append(f"{view.problems}: {where}: {row[view.problems]}")
+            problems.append(f"{column}: {where}: {row[column]}")
     return df[shown], header, problems
 
 

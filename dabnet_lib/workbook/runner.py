@@ -265,7 +265,7 @@ def run_notebook(name: str, parameters: Mapping[str, Any], out_dir: Path, progre
             os.replace(partial, failed)
         if isinstance(exc, KeyboardInterrupt):
             reason = "interrupted"
-        elif getattr(exc, "ename", None):  # papermill's PapermillExecutionError: the cell's exception
+        elif isinstance(exc, pm.PapermillExecutionError) and exc.ename:  # the cell's exception
             reason = f"{exc.ename}: {exc.evalue}"
         else:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]

@@ -72,7 +72,10 @@ class TensorBoardLogger(TrainingCallback):
         self.every, self.examples = max(1, int(every)), int(examples)
         self.writer: Any = None
         self._window_loss: torch.Tensor | None = None
-        self._window_steps = self._window_images = self.skipped = 0
+        # applied and skipped steps: 0, then float64 tensors on the loss's device (summed without a host sync)
+        self._window_steps: torch.Tensor | int = 0
+        self.skipped: torch.Tensor | int = 0
+        self._window_images = 0
         self._window_t = time.perf_counter()
 
     def _open(self, step: int) -> Any:

@@ -148,7 +148,7 @@ def per_image_iou(pred: np.ndarray, label: np.ndarray | None, info: Any) -> pd.D
     return df
 
 
-def _pct(x: float) -> str:
+def _pct(x: float | None) -> str:
     return "&ndash;" if x is None or not np.isfinite(x) else f"{100.0 * x:.1f}%"
 
 
@@ -165,7 +165,7 @@ def iou_table_html(df: pd.DataFrame, palette: np.ndarray) -> str:
     rows = "".join(
         f"<tr><td>{_swatch(palette[i])}{html.escape(str(r['class']))}</td>"
         f"<td style='text-align:right'>{_pct(r['iou'])}</td></tr>"
-        for i, r in df.iterrows()
+        for i, r in enumerate(df.to_dict("records"))
     )
     foot = (
         f"<tr><th>mIoU</th><th style='text-align:right'>{_pct(df.attrs.get('miou'))}</th></tr>"

@@ -37,6 +37,12 @@ class InfoLike(Protocol):
     def num_classes(self) -> int: ...
 
 
+def _rgb(colour: np.ndarray) -> tuple[float, float, float]:
+    """A uint8 RGB colour (3,) as matplotlib's (r, g, b) floats in 0..1."""
+    r, g, b = (float(v) / 255.0 for v in colour)
+    return r, g, b
+
+
 def legend_handles(classes: Sequence[str], palette: np.ndarray, ignore_name: str | None = None) -> list[Patch]:
     """One matplotlib ``Patch`` per class (colour ``palette[c]``), plus one for the ignore colour
     (``palette[-1]``) when ``ignore_name`` is given. Use with ``ax.legend(handles=...)``."""
@@ -44,10 +50,10 @@ def legend_handles(classes: Sequence[str], palette: np.ndarray, ignore_name: str
     if pal.shape[0] < len(classes):
         raise VisualizeError(f"legend_handles: palette has {pal.shape[0]} colours for {len(classes)} classes")
     handles = [
-        Patch(facecolor=pal[i] / 255.0, edgecolor="black", linewidth=0.3, label=str(n)) for i, n in enumerate(classes)
+        Patch(facecolor=_rgb(pal[i]), edgecolor="black", linewidth=0.3, label=str(n)) for i, n in enumerate(classes)
     ]
     if ignore_name is not None:
-        handles.append(Patch(facecolor=pal[-1] / 255.0, edgecolor="black", linewidth=0.3, label=ignore_name))
+        handles.append(Patch(facecolor=_rgb(pal[-1]), edgecolor="black", linewidth=0.3, label=ignore_name))
     return handles
 
 
@@ -92,8 +98,8 @@ def sample_grid(rows: Sequence[Mapping[str, Any]], info: InfoLike, columns: Sequ
     handles = legend_handles(info.classes, info.palette, ignore_name="ignore")
     if "error" in columns:
         handles += [
-            Patch(facecolor=ERROR_CORRECT / 255.0, label="correct"),
-            Patch(facecolor=ERROR_WRONG / 255.0, label="wrong"),
+            Patch(facecolor=_rgb(ERROR_CORRECT), label="correct"),
+            Patch(facecolor=_rgb(ERROR_WRONG), label="wrong"),
         ]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False)
     return fig
