@@ -255,6 +255,28 @@ def test_int8_variant(camvid_tiny: Path) -> None:
         assert pair.parity["value"] == pytest.approx(label_agreement(net(both), pair(both)))
 
 
+def test_the_registry_keeps_the_cli_names_in_table_order() -> None:
+    from dabnet_lib.deploy.gpu_timing import DEVICE_VARIANTS
+    from dabnet_lib.deploy.inference_variants import INT8_VARIANTS, REGISTRY
+    from dabnet_lib.deploy.profiling import FP32_VARIANTS, OUR_FP32_VARIANTS
+
+    assert VARIANTS == (
+        "eager",
+        "channels_last",
+        "folded",
+        "compiled",
+        "onnxruntime",
+        "openvino",
+        "int8",
+        "openvino_int8",
+    )
+    assert INT8_VARIANTS == ("int8", "openvino_int8")
+    assert DEVICE_VARIANTS == ("eager", "channels_last", "folded", "compiled", "fp16", "bf16")
+    assert FP32_VARIANTS == ("channels_last", "folded", "compiled", "onnxruntime")
+    assert OUR_FP32_VARIANTS == ("eager", "channels_last", "folded", "compiled")
+    assert all(v.cpu is not None or v.device is not None for v in REGISTRY.values())
+
+
 def test_unknown_variant_and_missing_calibration_raise(model: DABNet) -> None:
     with pytest.raises(VariantError, match="unknown variant 'turbo'.*" + ", ".join(VARIANTS)):
         optimize(model, "turbo")

@@ -1,7 +1,9 @@
 """Inference speed on an accelerator: ``dabnet fps --device cuda`` and notebook 06 with ``device="cuda"``.
 
-:func:`benchmark_on_device` builds the variants that run on the device, checks each against eager on the
-same device and times them interleaved in rounds, with the rows of :func:`dabnet_lib.deploy.profiling.benchmark`:
+:func:`benchmark_on_device` builds the variants that run on the device (those of
+:data:`~dabnet_lib.deploy.inference_variants.REGISTRY` with a device builder, :mod:`.device_builders`), checks each
+against eager on the same device and times them interleaved in rounds, with the rows of
+:func:`dabnet_lib.deploy.profiling.benchmark`:
 
 - ``eager`` (fp32), ``channels_last``, ``folded`` (BatchNorm folded into the convolutions), ``compiled``
   (folded + channels_last + :class:`InferenceForward` under ``torch.compile``, Inductor's defaults for the
@@ -30,26 +32,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..devices import to_memory_format
 from ..errors import first_line
-from .inference_rewrites import InferenceForward, fold_batchnorm
-from .inference_variants import FP32_TOLERANCE, VARIANTS, label_agreement, relative_difference
+from .device_builders import Fn, no_grad_fn
+from .inference_variants import FP32_TOLERANCE, REGISTRY, label_agreement, relative_difference
 
 #: Variants timed on the device, in table order.
-DEVICE_VARIANTS: tuple[str, ...] = ("eager", "channels_last", "folded", "compiled", "fp16", "bf16")
-#: Max relative logit difference to eager (fp32) for the autocast variants (measured on CPU with a random-init
+DEVICE_VARIANTS: tuple[str, ...] = tuple(name for name, v in REGISTRY.items() if v.device is not None)
+#: Max relative logit difference to eager (fp32) for the autocast precisions (measured on CPU with a random-init
 #: DABNet at 128x160: fp16 2e-3, bf16 1e-2; the GPU figures await a GPU run).
 HALF_TOLERANCE: dict[str, float] = {"fp16": 1e-2, "bf16": 5e-2}
-_HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def device_variant_names(spec: str | Sequence[str]) -> list[str]:
     """``"all"`` or a comma list -> names in order: device variants, then the CPU-only ones asked for."""
     names = [v.strip() for v in (spec.split(",") if isinstance(spec, str) else spec) if v.strip()]
     if not names or "all" in names:
-        names = list(DEVICE_VARIANTS) + [v for v in VARIANTS if v not in DEVICE_VARIANTS]
+        names = list(REGISTRY)  # the device variants come first there
     if "eager" not in names:
         names.insert(0, "eager")
     return list(dict.fromkeys(names))
@@ -70,37 +68,11 @@ def _timing_backends(device: torch.device) -> Iterator[None]:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
 
-def _no_grad(fn: Fn, dtype: torch.dtype | None = None, layout: torch.memory_format | None = None) -> Fn:
-    def run(images: torch.Tensor) -> torch.Tensor:
-        x = images if layout is None else images.contiguous(memory_format=layout)
-        with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return fn(x).float()
-
-    return run
-
-
 def _build(model: nn.Module, name: str, device: torch.device) -> tuple[Fn, str]:
-    """(callable on ``device``, notes) of variant ``name``; ``model`` is already on ``device``."""
-    cl = torch.channels_last
-    if name == "eager":
-        return _no_grad(model), "fp32 (TF32 off)" if device.type == "cuda" else "fp32"
-    if name == "channels_last":
-        return _no_grad(to_memory_format(copy.deepcopy(model), cl), layout=cl), "fp32, NHWC"
-    if name == "folded":
-        return _no_grad(fold_batchnorm(model)), "fp32, BatchNorm folded into the convolutions"
-    if name == "compiled":
-        module = InferenceForward(to_memory_format(fold_batchnorm(model), cl))
-        return _no_grad(
-            torch.compile(module, dynamic=False), layout=cl
-        ), f"folded + channels_last + InferenceForward, torch.compile (inductor, {device.type} defaults)"
-    dtype = _HALF_DTYPES[name]
-    notes = f"eager under torch.autocast({device.type}, {name})"
-    if name == "bf16" and device.type == "cuda":
-        from ..devices import cuda_bf16_native
-
-        if not cuda_bf16_native(device):
-            notes += "; this GPU has no native bf16 (compute capability < 8.0): emulated, slow"
-    return _no_grad(model, dtype=dtype), notes
+    """(callable on ``device``, notes) of device variant ``name``; ``model`` is already on ``device``."""
+    build = REGISTRY[name].device
+    assert build is not None  # benchmark_on_device builds only DEVICE_VARIANTS
+    return build(model, device)
 
 
 def _parity(name: str, ref: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
@@ -109,10 +81,11 @@ def _parity(name: str, ref: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
     if out.shape != ref.shape:
         return {"value": None, "ok": False, "text": f"FAIL shape {tuple(out.shape)} vs eager {tuple(ref.shape)}"}
     rel = relative_difference(ref, out)
-    limit = HALF_TOLERANCE.get(name, FP32_TOLERANCE)
+    precision = REGISTRY[name].precision
+    limit = HALF_TOLERANCE.get(precision, FP32_TOLERANCE)
     ok = rel <= limit
     text = f"{'ok' if ok else 'FAIL'} rel {rel:.1e}"
-    if name in HALF_TOLERANCE:
+    if precision in HALF_TOLERANCE:
         text += f", labels {label_agreement(ref, out):.1f}% agree"
     return {"value": rel, "ok": ok, "text": text}
 
@@ -137,12 +110,9 @@ def time_calls(fn: Fn, images: torch.Tensor, calls: int) -> list[float]:
 
 
 def _cpu_only_row(name: str) -> dict[str, str]:
-    if name in VARIANTS:
+    if name in REGISTRY:
         return {"status": "cpu only", "error": "CPU only (a CPU backend): not timed on this device"}
-    return {
-        "status": "error",
-        "error": f"unknown variant {name!r}; choose from {', '.join(DEVICE_VARIANTS + VARIANTS)}",
-    }
+    return {"status": "error", "error": f"unknown variant {name!r}; choose from {', '.join(REGISTRY)}"}
 
 
 def benchmark_on_device(
@@ -180,7 +150,7 @@ def benchmark_on_device(
     rows: dict[str, dict[str, Any]] = {}
     built: dict[str, Fn] = {}
     with _timing_backends(dev):
-        reference = _no_grad(on_device)(example)
+        reference = no_grad_fn(on_device)(example)
         for name in device_variant_names(variants):
             row = rows[name] = {
                 "variant": name,

@@ -25,6 +25,9 @@ feeds them) -> logits ``(N, C, H, W)`` float32. Variants (``VARIANTS``):
   Depth-wise convolutions stay fp32: oneDNN's int8 depth-wise path is slower here than fp32
   (0.4 MFLOP/pixel of them against 3 GFLOP of dense convolutions, which run int8 on AMX).
 
+``REGISTRY`` holds every variant by name, in table order: its CPU builder, its accelerator builder
+(:mod:`.device_builders`; ``fp16`` and ``bf16`` exist only there), runtime and precision; ``VARIANTS``,
+``INT8_VARIANTS`` and the lists the speed targets compare are read from it.
 fp32 variants must match eager within ``FP32_TOLERANCE`` relative logit difference
 (``max|a - b| / max|a|``); the int8 variants (``INT8_VARIANTS``) report predicted-label agreement
 with eager in percent. A variant whose package is missing raises :class:`VariantError` saying what
@@ -48,19 +51,10 @@ from torch import nn
 
 from ..devices import to_memory_format
 from ..errors import DabnetError, first_line
+from . import device_builders
+from .device_builders import DeviceBuilder, Fn
 from .inference_rewrites import InferenceForward, count_batchnorms, fold_batchnorm
 
-VARIANTS: tuple[str, ...] = (
-    "eager",
-    "channels_last",
-    "folded",
-    "compiled",
-    "onnxruntime",
-    "openvino",
-    "int8",
-    "openvino_int8",
-)
-INT8_VARIANTS: tuple[str, ...] = ("int8", "openvino_int8")  # checked by label agreement, need calibration
 FP32_TOLERANCE = 1e-3  # max relative logit difference allowed for fp32 variants
 INT8_MIN_AGREEMENT = 90.0  # % of pixels whose predicted label must match eager for "ok"
 ONNX_OPSET = 17
@@ -77,7 +71,7 @@ class Optimized:
     """A built variant: call it like the model. ``parity`` holds the check against eager."""
 
     variant: str
-    fn: Callable[[torch.Tensor], torch.Tensor]
+    fn: Fn
     build_s: float = 0.0
     parity: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
@@ -118,7 +112,7 @@ def _fp32_parity(ref: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
 # --------------------------------------------------------------------------- builders
 
 
-def _no_grad_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _no_grad_fn(fn: Fn) -> Fn:
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return fn(images)
@@ -126,7 +120,7 @@ def _no_grad_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.T
     return run
 
 
-def _channels_last_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _channels_last_fn(module: nn.Module) -> Fn:
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return module(images.contiguous(memory_format=torch.channels_last))
@@ -145,7 +139,7 @@ def _inductor_options() -> Iterator[None]:
         yield
 
 
-def _compiled_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _compiled_fn(module: nn.Module) -> Fn:
     """``torch.compile(module)`` (static shapes) called under no_grad with :func:`_inductor_options`."""
     compiled = torch.compile(module, dynamic=False)
 
@@ -157,8 +151,37 @@ def _compiled_fn(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def _build_compiled(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    module = InferenceForward(to_memory_format(fold_batchnorm(model), torch.channels_last))
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a CPU build gets: the model (eval mode), the input (N, 3, H, W) it is traced, compiled and
+    checked at, calibration batches (int8 variants only, else empty) and the ORT / OpenVINO threads."""
+
+    model: nn.Module
+    example: torch.Tensor
+    calibration: Sequence[torch.Tensor]
+    threads: int
+
+
+#: A CPU build: its inputs -> (callable, notes).
+CpuBuilder = Callable[[BuildInputs], tuple[Fn, str]]
+
+
+def _build_eager(b: BuildInputs) -> tuple[Fn, str]:
+    return _no_grad_fn(b.model), ""
+
+
+def _build_channels_last(b: BuildInputs) -> tuple[Fn, str]:
+    return _channels_last_fn(to_memory_format(copy.deepcopy(b.model), torch.channels_last)), ""
+
+
+def _build_folded(b: BuildInputs) -> tuple[Fn, str]:
+    folded = fold_batchnorm(b.model)
+    left = count_batchnorms(folded)
+    return _no_grad_fn(folded), f"{count_batchnorms(b.model) - left} BN folded, {left} left"
+
+
+def _build_compiled(b: BuildInputs) -> tuple[Fn, str]:
+    module = InferenceForward(to_memory_format(fold_batchnorm(b.model), torch.channels_last))
     # NCHW input: the compiled graph converts it itself as fast as a separate .contiguous() call would.
     return (_compiled_fn(module), "folded + channels_last weights + InferenceForward + inductor freezing, C++ wrapper")
 
@@ -204,7 +227,7 @@ def ort_session(model_bytes_or_path: bytes | str, threads: int) -> Any:
     return ort.InferenceSession(model_bytes_or_path, opts, providers=["CPUExecutionProvider"])
 
 
-def ort_fn(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def ort_fn(session: Any) -> Fn:
     """Wrap an ORT session as ``(N, 3, H, W) tensor -> (N, C, H, W) tensor`` (CPU, float32)."""
     name = session.get_inputs()[0].name
 
@@ -215,9 +238,9 @@ def ort_fn(session: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def _build_onnxruntime(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[Callable, str]:
-    session = ort_session(onnx_bytes(model, example), threads)
-    return ort_fn(session), f"opset {ONNX_OPSET}, ORT_ENABLE_ALL, {threads} intra-op threads"
+def _build_onnxruntime(b: BuildInputs) -> tuple[Fn, str]:
+    session = ort_session(onnx_bytes(b.model, b.example), b.threads)
+    return ort_fn(session), f"opset {ONNX_OPSET}, ORT_ENABLE_ALL, {b.threads} intra-op threads"
 
 
 def _openvino() -> Any:
@@ -242,7 +265,7 @@ def openvino_model(model: nn.Module, example_input: torch.Tensor, dynamic: bool 
         raise VariantError(f"OpenVINO conversion failed: {type(exc).__name__}: {first_line(exc, 200)}") from exc
 
 
-def openvino_fn(ov_model: Any, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def openvino_fn(ov_model: Any, threads: int) -> Fn:
     """An ``openvino.Model`` (or IR path) compiled for the CPU plugin, f32 precision, latency hint,
     ``threads`` inference threads, wrapped as ``(N, 3, H, W) tensor -> (N, C, H, W) tensor``."""
     ov = _openvino()
@@ -257,15 +280,14 @@ def openvino_fn(ov_model: Any, threads: int) -> Callable[[torch.Tensor], torch.T
     return run
 
 
-def _build_openvino(model: nn.Module, example: torch.Tensor, threads: int) -> tuple[Callable, str]:
-    fn = openvino_fn(openvino_model(model, example), threads)
-    return _fixed_shape(fn, tuple(example.shape), "openvino"), f"f32 precision hint, latency hint, {threads} threads"
+def _build_openvino(b: BuildInputs) -> tuple[Fn, str]:
+    fn = openvino_fn(openvino_model(b.model, b.example), b.threads)
+    notes = f"f32 precision hint, latency hint, {b.threads} threads"
+    return _fixed_shape(fn, tuple(b.example.shape), "openvino"), notes
 
 
-def _build_openvino_int8(
-    model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor], threads: int
-) -> tuple[Callable, str]:
-    """NNCF post-training quantisation of the OpenVINO model, calibrated on ``calibration``."""
+def _build_openvino_int8(b: BuildInputs) -> tuple[Fn, str]:
+    """NNCF post-training quantisation of the OpenVINO model, calibrated on ``b.calibration``."""
     import logging
 
     _openvino()
@@ -273,14 +295,14 @@ def _build_openvino_int8(
         import nncf
     except ImportError as exc:
         raise VariantError(f"nncf is not installed: {OPENVINO_PIP}") from exc
-    shape = tuple(example.shape)
-    _check_calibration(calibration, shape)
-    items = [x.numpy() for x in _calibration_inputs(calibration, shape)]
+    shape = tuple(b.example.shape)
+    _check_calibration(b.calibration, shape)
+    items = [x.numpy() for x in _calibration_inputs(b.calibration, shape)]
     nncf.set_log_level(logging.ERROR)
-    quantized = nncf.quantize(openvino_model(model, example), nncf.Dataset(items), subset_size=len(items))
-    fn = openvino_fn(quantized, threads)
+    quantized = nncf.quantize(openvino_model(b.model, b.example), nncf.Dataset(items), subset_size=len(items))
+    fn = openvino_fn(quantized, b.threads)
     return _fixed_shape(fn, shape, "openvino_int8"), (
-        f"NNCF post-training quantisation, {len(items)} calibration image(s), f32 elsewhere, {threads} threads"
+        f"NNCF post-training quantisation, {len(items)} calibration image(s), f32 elsewhere, {b.threads} threads"
     )
 
 
@@ -331,9 +353,7 @@ def _calibration_inputs(calibration: Sequence[torch.Tensor], shape: tuple[int, .
             yield batch[i : i + 1].expand(shape).contiguous()
 
 
-def _fixed_shape(
-    fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], variant: str
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def _fixed_shape(fn: Fn, shape: tuple[int, ...], variant: str) -> Fn:
     """``fn`` refusing inputs of another shape than the one it was built for, with a clear message."""
 
     def run(images: torch.Tensor) -> torch.Tensor:
@@ -347,11 +367,10 @@ def _fixed_shape(
     return run
 
 
-def _build_int8(
-    model: nn.Module, example: torch.Tensor, calibration: Sequence[torch.Tensor], keep_fp32: Sequence[str] | None = None
-) -> tuple[Callable, str]:
-    """PT2E int8 of ``InferenceForward(model)``; modules named in ``keep_fp32`` (default: the
-    depth-wise convolutions) are left unquantised."""
+def _build_int8(b: BuildInputs, keep_fp32: Sequence[str] | None = None) -> tuple[Fn, str]:
+    """PT2E int8 of ``InferenceForward(b.model)``; modules named in ``keep_fp32`` (default: the
+    depth-wise convolutions) are left unquantised. Inductor runs on torch's threads."""
+    model, example, calibration = b.model, b.example, b.calibration
     prepare_pt2e, convert_pt2e, Quantizer, default_config = _torchao_pt2e()
     if torch.backends.quantized.engine not in ("x86", "onednn", "fbgemm"):
         raise VariantError(f"int8 needs an x86 quantised engine, this build has {torch.backends.quantized.engine!r}")
@@ -372,11 +391,42 @@ def _build_int8(
         for image in _calibration_inputs(calibration, shape):
             prepared(image)
     converted = convert_pt2e(prepared)
-    n = sum(b.shape[0] for b in calibration)
+    n = sum(batch.shape[0] for batch in calibration)
     return _fixed_shape(_compiled_fn(converted), shape, "int8"), (
         f"PT2E X86InductorQuantizer, {n} calibration image(s), {len(keep_fp32)} conv(s) kept fp32, "
         "InferenceForward + inductor freezing, C++ wrapper"
     )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One inference variant: its CPU build (None: accelerator only), its accelerator build
+    (:mod:`.device_builders`; None: CPU only), the runtime that executes it and its arithmetic
+    (``fp32``; ``fp16``/``bf16`` autocast; ``int8``: needs calibration, checked by label agreement)."""
+
+    cpu: CpuBuilder | None
+    device: DeviceBuilder | None
+    runtime: str = "PyTorch"
+    precision: str = "fp32"
+
+
+#: Every variant by name, in table order (CPU tables skip the accelerator-only ones).
+REGISTRY: dict[str, Variant] = {
+    "eager": Variant(_build_eager, device_builders.eager),
+    "channels_last": Variant(_build_channels_last, device_builders.channels_last),
+    "folded": Variant(_build_folded, device_builders.folded),
+    "compiled": Variant(_build_compiled, device_builders.compiled),
+    "fp16": Variant(None, device_builders.autocast(torch.float16, "fp16"), precision="fp16"),
+    "bf16": Variant(None, device_builders.autocast(torch.bfloat16, "bf16"), precision="bf16"),
+    "onnxruntime": Variant(_build_onnxruntime, None, runtime="onnxruntime"),
+    "openvino": Variant(_build_openvino, None, runtime="OpenVINO"),
+    "int8": Variant(_build_int8, None, precision="int8"),
+    "openvino_int8": Variant(_build_openvino_int8, None, runtime="OpenVINO", precision="int8"),
+}
+#: The variants built on the CPU, in table order.
+VARIANTS: tuple[str, ...] = tuple(name for name, v in REGISTRY.items() if v.cpu is not None)
+#: The CPU variants checked by label agreement, which need calibration images.
+INT8_VARIANTS: tuple[str, ...] = tuple(name for name in VARIANTS if REGISTRY[name].precision == "int8")
 
 
 def _build(
@@ -385,28 +435,13 @@ def _build(
     example_input: torch.Tensor,
     calibration: Sequence[torch.Tensor] | None,
     threads: int,
-) -> tuple[Callable, str]:
-    """(callable, notes) for ``variant``; no checks, no first call."""
-    if variant == "eager":
-        return _no_grad_fn(model), ""
-    if variant == "channels_last":
-        return _channels_last_fn(to_memory_format(copy.deepcopy(model), torch.channels_last)), ""
-    if variant == "folded":
-        folded = fold_batchnorm(model)
-        return _no_grad_fn(
-            folded
-        ), f"{count_batchnorms(model) - count_batchnorms(folded)} BN folded, {count_batchnorms(folded)} left"
-    if variant == "compiled":
-        return _build_compiled(model)
-    if variant == "onnxruntime":
-        return _build_onnxruntime(model, example_input, threads)
-    if variant == "openvino":
-        return _build_openvino(model, example_input, threads)
-    if not calibration:
+) -> tuple[Fn, str]:
+    """(callable, notes) for CPU ``variant``; no checks, no first call."""
+    build = REGISTRY[variant].cpu
+    assert build is not None  # optimize() accepts only VARIANTS
+    if variant in INT8_VARIANTS and not calibration:
         raise VariantError(f"{variant} needs calibration images (normalised training images of the input size)")
-    if variant == "openvino_int8":
-        return _build_openvino_int8(model, example_input, calibration, threads)
-    return _build_int8(model, example_input, calibration)
+    return build(BuildInputs(model, example_input, calibration or (), threads))
 
 
 def optimize(
