@@ -105,6 +105,21 @@ def test_truncated_and_non_checkpoint_files(official: dict, tmp_path: Path) -> N
         load_weights(DABNet(11), tensors_only)
 
 
+class TrainingArgs:
+    """A custom object some training scripts pickle into their checkpoints."""
+
+    lr = 0.1
+
+
+def test_a_valid_checkpoint_with_a_pickled_object_is_refused_as_unsafe(official: dict, tmp_path: Path) -> None:
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"model": official["model"], "args": TrainingArgs()}, unsafe)
+    with pytest.raises(CheckpointError, match=r"unsafe\.pt: refused as unsafe: it pickles \S*TrainingArgs,") as err:
+        load_weights(DABNet(11), unsafe)
+    message = str(err.value)
+    assert "corrupt" not in message and "weights_only=False" in message and "\n" not in message
+
+
 ABLATIONS = [
     DABNetConfig(
         **dict(zip(("branches", "dw_shape", "branch_conv", "dw_kernel", "input_injection"), combo, strict=True))

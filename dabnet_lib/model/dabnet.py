@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 BN_EPS = 1e-3  # the paper's (and official code's) BatchNorm epsilon
 MIN_INPUT_SIZE = 16
@@ -283,13 +285,28 @@ def read_checkpoint(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
             io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
         )
     except Exception as exc:  # noqa: BLE001  (torch.load raises anything on a truncated zip, pickle garbage, text)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {name}: not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
-        ) from None
+        raise CheckpointError(_unreadable_message(name, exc)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {name}: expected a dict, found {type(obj).__name__}")
     return obj
+
+
+#: How torch.load(weights_only=True) names a pickled class or function it refuses to import.
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)")
+
+
+def _unreadable_message(name: str, exc: Exception) -> str:
+    """One line for a checkpoint ``torch.load`` could not read: a valid file refused as unsafe (it pickles
+    a class or function, which a weights-only load never imports) says so and how to proceed; any
+    other failure is a truncated or corrupt file."""
+    unsafe = _UNSAFE_GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    if unsafe:
+        return (
+            f"checkpoint {name}: refused as unsafe: it pickles {unsafe.group(1)}, which loading with "
+            "weights_only=True does not import. If you trust the file, load it with torch.load(..., "
+            'weights_only=False) and re-save {"model": model.state_dict()} with tensors and plain values only'
+        )
+    return f"checkpoint {name}: not a readable PyTorch checkpoint (truncated or corrupt?): {first_line(exc)}"
 
 
 def extract_state_dict(obj: Mapping[str, Any], name: str = "<dict>") -> dict[str, torch.Tensor]:
