@@ -7,6 +7,10 @@ from __future__ import annotations
 import functools
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only by the functions that need it
+    import torch
 
 #: /proc/cpuinfo flags of CPUs that compute bf16 in hardware (AVX512-BF16 dot products, AMX tiles).
 #: Without one of them PyTorch emulates bf16 convolutions in fp32 and converts: several times slower.
@@ -65,14 +69,14 @@ def has_bf16_units(flags: frozenset[str] | None = None) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def device_label(device: str | object) -> str:
-    """The hardware a number was measured on: the GPU's name for a CUDA device, else
-    ``<CPU model> [<ISA summary>] (<N> CPUs)``."""
+def device_label(device: torch.device | str = "cpu") -> str:
+    """The hardware a number was measured on (training summaries, FPS tables): the GPU's name for a CUDA
+    device, else ``<CPU model> [<ISA summary>] (<N> logical CPUs)``."""
     import os
 
     import torch
 
-    dev = torch.device(str(device))
+    dev = torch.device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(dev)
-    return f"{cpu_label()} ({os.cpu_count()} CPUs)"
+    return f"{cpu_label()} ({os.cpu_count()} logical CPUs)"

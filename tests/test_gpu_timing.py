@@ -104,3 +104,15 @@ def test_provenance_names_the_device_that_ran(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     hardware = provenance("paper", "300 iterations", "cmd", device="cuda")["hardware"]
     assert hardware.startswith("NVIDIA H100 80GB HBM3 (CUDA ") and cpu_name() not in hardware
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cpu_and_device_harness_rows_have_the_same_columns_and_device_label() -> None:
+    from dabnet_lib.machine import device_label
+
+    model = DABNet(11).eval()
+    cpu = profiling.benchmark(model, (32, 48), "eager", warmup=0, iters=1, rounds=1)
+    dev = benchmark_on_device(model, (32, 48), "eager", device="cpu", warmup=0, iters=1, rounds=1)
+    assert list(cpu[0]) == list(dev[0])
+    assert cpu[0]["device"] == dev[0]["device"] == device_label("cpu") and "logical CPUs" in cpu[0]["device"]
+    assert cpu[0]["speedup"] == dev[0]["speedup"] == 1.0 and cpu[0]["idle_before_rounds"] == []

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import first_line
+from ..machine import device_label
 from .device_builders import Fn, no_grad_fn
 from .inference_variants import FP32_TOLERANCE, REGISTRY, label_agreement, relative_difference
 
@@ -129,7 +130,7 @@ def benchmark_on_device(
     """Build, check and time ``variants`` of ``model`` at ``batch`` x 3 x ``input_size`` on ``device``
     (the model itself is not moved: a copy is). Rows as :func:`dabnet_lib.deploy.profiling.benchmark`'s, eager
     first; a variant that cannot run here has ``status`` "cpu only" or "error" and its reason in ``error``."""
-    from .profiling import device_name, load_average, summarize
+    from .profiling import record_build, record_times, variant_rows
 
     log = log or (lambda _msg: None)
     dev = torch.device(device)
@@ -137,36 +138,11 @@ def benchmark_on_device(
         dev = torch.device("cuda", torch.cuda.current_device())
     on_device = copy.deepcopy(model).eval().to(dev)
     example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
-    device_text = device_name(dev)
-    context = {
-        "device": device_text,
-        "threads": torch.get_num_threads(),
-        "batch": batch,
-        "resolution": f"{input_size[0]}x{input_size[1]}",
-        "torch": torch.__version__,
-        "load_avg_start": load_average(),
-        "idle_before_rounds": [],
-    }
-    rows: dict[str, dict[str, Any]] = {}
+    rows = variant_rows(device_variant_names(variants), device_label(dev), batch, input_size)
     built: dict[str, Fn] = {}
     with _timing_backends(dev):
         reference = no_grad_fn(on_device)(example)
-        for name in device_variant_names(variants):
-            row = rows[name] = {
-                "variant": name,
-                "status": "ok",
-                "ms": None,
-                "p90_ms": None,
-                "fps": None,
-                "speedup": None,
-                "parity": "",
-                "parity_ok": None,
-                "parity_value": None,
-                "build_s": None,
-                "notes": "",
-                "error": None,
-                **context,
-            }
+        for name, row in rows.items():
             if name not in DEVICE_VARIANTS:
                 row.update(_cpu_only_row(name))
                 continue
@@ -179,14 +155,7 @@ def benchmark_on_device(
                 first = first_line(exc)
                 row.update(status="error", error=f"{name} could not be built or run on {dev}: {first}")
                 continue
-            parity = _parity(name, reference, out)
-            row.update(
-                build_s=round(time.perf_counter() - start, 2),
-                notes=notes,
-                parity=parity["text"],
-                parity_ok=parity["ok"],
-                parity_value=parity["value"],
-            )
+            record_build(row, _parity(name, reference, out), time.perf_counter() - start, notes)
             built[name] = fn
         times: dict[str, list[float]] = {name: [] for name in built}
         for fn in built.values():
@@ -196,14 +165,5 @@ def benchmark_on_device(
             for name, fn in built.items():
                 times[name] += time_calls(fn, example, per_round)
             log(f"round {r + 1}/{rounds} done")
-    eager_ms = None
-    for name in built:
-        stats = summarize(times[name], example, device_text)
-        rows[name].update(ms=round(stats["median_ms"], 3), p90_ms=round(stats["p90_ms"], 3), fps=round(stats["fps"], 2))
-        eager_ms = stats["median_ms"] if name == "eager" else eager_ms
-    end_load = load_average()
-    for row in rows.values():
-        row["load_avg_end"] = end_load
-        if row["ms"] is not None and eager_ms:
-            row["speedup"] = round(eager_ms / row["ms"], 2)
+    record_times(rows, times, example, 3, [])
     return list(rows.values())

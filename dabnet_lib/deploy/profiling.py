@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from ..atomic_files import write_bytes_atomic
 from ..errors import DabnetError
-from ..machine import cpu_label
+from ..machine import device_label
 from ..model.dabnet import count_parameters
 from .inference_variants import (
     FP32_TOLERANCE,
@@ -120,15 +120,6 @@ def flops(model: nn.Module, input_size: tuple[int, int], batch: int = 1, channel
     }
 
 
-def device_name(device: torch.device | str = "cpu") -> str:
-    """Human name of ``device``: the CUDA device name, or the CPU model from /proc/cpuinfo with its
-    logical CPU count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_label()} ({os.cpu_count()} logical CPUs)"
-
-
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS has none)."""
     try:
@@ -190,7 +181,7 @@ def measure(fn: Callable[[torch.Tensor], Any], input: torch.Tensor, warmup: int 
             fn(input)
             sync()
             times.append((time.perf_counter() - start) * 1e3)
-    return summarize(times, input, device_name(input.device))
+    return summarize(times, input, device_label(input.device))
 
 
 def summarize(times_ms: Sequence[float], input: torch.Tensor, device: str) -> dict[str, Any]:
@@ -212,6 +203,76 @@ def summarize(times_ms: Sequence[float], input: torch.Tensor, device: str) -> di
         "torch": torch.__version__,
         "load_avg": load_average(),
     }
+
+
+# --------------------------------------------------------------------------- benchmark rows (CPU and device)
+
+
+#: The fields of a benchmark row that its build and timing fill in, before they do.
+_NOT_YET_BUILT: dict[str, Any] = {
+    "ms": None,
+    "p90_ms": None,
+    "fps": None,
+    "speedup": None,
+    "parity": "",
+    "parity_ok": None,
+    "parity_value": None,
+    "build_s": None,
+    "notes": "",
+    "error": None,
+}
+
+
+def variant_rows(
+    names: Sequence[str], device: str, batch: int, input_size: tuple[int, int]
+) -> dict[str, dict[str, Any]]:
+    """One benchmark row per variant in ``names``, before it is built and timed: ``status`` "ok", no
+    times, speed-up or parity yet, and the run's context (``device`` label, threads, batch, resolution
+    "HxW", torch version, 1-minute load average at the start)."""
+    context = {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "resolution": f"{input_size[0]}x{input_size[1]}",
+        "torch": torch.__version__,
+        "load_avg_start": load_average(),
+    }
+    return {name: {"variant": name, "status": "ok", **_NOT_YET_BUILT, **context} for name in names}
+
+
+def record_build(row: dict[str, Any], parity: Mapping[str, Any], build_s: float, notes: str) -> None:
+    """Fill ``row`` for a built variant: its check against eager (text, ok, value), build seconds, notes."""
+    row.update(
+        parity=parity.get("text", ""),
+        parity_ok=parity.get("ok"),
+        parity_value=parity.get("value"),
+        build_s=round(build_s, 2),
+        notes=notes,
+    )
+
+
+def record_times(
+    rows: Mapping[str, dict[str, Any]],
+    times: Mapping[str, Sequence[float]],
+    example: torch.Tensor,
+    digits: int,
+    idle_seen: list[float | None],
+) -> None:
+    """Fill the timed variants' median and p90 ms (``digits`` decimals) and FPS, every row's speed-up
+    against eager (when both were timed), the load average at the end and ``idle_before_rounds``."""
+    eager_ms = None
+    for name, calls in times.items():
+        stats = summarize(calls, example, rows[name]["device"])
+        rows[name].update(
+            ms=round(stats["median_ms"], digits), p90_ms=round(stats["p90_ms"], digits), fps=round(stats["fps"], 2)
+        )
+        eager_ms = stats["median_ms"] if name == "eager" else eager_ms
+    end_load = load_average()
+    for row in rows.values():
+        row["load_avg_end"] = end_load
+        row["idle_before_rounds"] = idle_seen
+        if row["ms"] is not None and eager_ms:
+            row["speedup"] = round(eager_ms / row["ms"], 2)
 
 
 # --------------------------------------------------------------------------- calibration images
@@ -305,34 +366,9 @@ def benchmark(
         torch.set_num_threads(threads)
     try:
         example = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0))
-        device_text = device_name("cpu")
-        context = {
-            "device": device_text,
-            "threads": torch.get_num_threads(),
-            "batch": batch,
-            "resolution": f"{input_size[0]}x{input_size[1]}",
-            "torch": torch.__version__,
-            "load_avg_start": load_average(),
-        }
         built: dict[str, Any] = {}
-        rows: dict[str, dict[str, Any]] = {}
-        for name in names:
-            row = {
-                "variant": name,
-                "status": "ok",
-                "ms": None,
-                "p90_ms": None,
-                "fps": None,
-                "speedup": None,
-                "parity": "",
-                "parity_ok": None,
-                "parity_value": None,
-                "build_s": None,
-                "notes": "",
-                "error": None,
-                **context,
-            }
-            rows[name] = row
+        rows = variant_rows(names, device_label("cpu"), batch, input_size)
+        for name, row in rows.items():
             log(f"building {name} ...")
             try:
                 if name in INT8_VARIANTS and not calibration:
@@ -349,13 +385,7 @@ def benchmark(
                 row.update(status="error", error=str(exc))
                 continue
             built[name] = opt
-            row.update(
-                parity=opt.parity.get("text", ""),
-                parity_ok=opt.parity.get("ok"),
-                parity_value=opt.parity.get("value"),
-                build_s=round(opt.build_s, 2),
-                notes=opt.notes,
-            )
+            record_build(row, opt.parity, opt.build_s, opt.notes)
         times: dict[str, list[float]] = {name: [] for name in built}
         per_round = max(1, math.ceil(iters / max(1, rounds)))
         for name, opt in built.items():
@@ -368,20 +398,7 @@ def benchmark(
             for name, opt in built.items():
                 times[name] += measure(opt, example, warmup=1, iters=per_round)["times_ms"]
             log(f"round {r + 1}/{rounds} done (load {load_average()})")
-        end_load = load_average()
-        eager_ms = None
-        for name in built:
-            stats = summarize(times[name], example, device_text)
-            rows[name].update(
-                ms=round(stats["median_ms"], 2), p90_ms=round(stats["p90_ms"], 2), fps=round(stats["fps"], 2)
-            )
-            if name == "eager":
-                eager_ms = stats["median_ms"]
-        for row in rows.values():
-            row["load_avg_end"] = end_load
-            row["idle_before_rounds"] = idle_seen
-            if row["ms"] is not None and eager_ms:
-                row["speedup"] = round(eager_ms / row["ms"], 2)
+        record_times(rows, times, example, 2, idle_seen)
         return list(rows.values())
     finally:
         torch.set_num_threads(previous_threads)
@@ -399,7 +416,7 @@ def describe(
     lines = [
         f"DABNet {getattr(model, 'num_classes', '?')} classes: {params:,} parameters, {cost['gflops']:.2f} GFLOPs "
         f"= {cost['gmacs']:.2f} GMACs per {h}x{w} image (1 MAC = 2 FLOPs; paper's unit: {PAPER_FLOP_UNIT})",
-        f"device: {first.get('device', device_name())}; threads {first.get('threads')}; batch {first.get('batch')}; "
+        f"device: {first.get('device', device_label())}; threads {first.get('threads')}; batch {first.get('batch')}; "
         f"torch {torch.__version__}; load average {first.get('load_avg_start')} -> {first.get('load_avg_end')}",
     ]
     if weights:
