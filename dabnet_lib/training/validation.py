@@ -3,9 +3,9 @@ standard and the official code's, pixel accuracy, timings with the share spent i
 training runs it after its epochs and as evaluation/ runs it on a checkpoint.
 
 The metric stays on the model's device: ``argmax`` (:func:`class_argmax`), one fused ``pred + C * label`` and
-one ``bincount`` per batch (:class:`PixelCounter`); the metrics themselves come from
-:meth:`~dabnet_lib.training.metrics.ConfusionMatrix.compute`. Evaluation is bound by the model, not by the
-metric (the official code looped over pixels in Python).
+one ``bincount`` per batch (:meth:`~dabnet_lib.training.metrics.ConfusionMatrix.update_unchecked`); the metrics
+themselves come from :meth:`~dabnet_lib.training.metrics.ConfusionMatrix.compute`. Evaluation is bound by the
+model, not by the metric (the official code looped over pixels in Python).
 """
 
 from __future__ import annotations
@@ -59,45 +59,6 @@ def _collate(batch: list[tuple[torch.Tensor, torch.Tensor, str]]) -> tuple[torch
         names = ", ".join(f"{n} {tuple(y.shape)}" for _, y, n in batch)
         raise DatasetError(f"batch_size > 1 needs same-size images, got {names}: use batch size 1")
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-
-
-class PixelCounter:
-    """Confusion counts for labels in ``0..C-1`` plus a non-negative ignore index, with three passes
-    over the pixels per batch (argmax'd ``pred`` + ``C * label`` fused, one ``bincount``) instead of
-    :meth:`ConfusionMatrix.update`'s range checks: eval labels are validated when decoded, and
-    stray values still surface in :meth:`confusion` (they land in rows of their own). Counts stay on
-    the device of the tensors given."""
-
-    def __init__(self, num_classes: int, ignore_index: int) -> None:
-        if ignore_index < 0:
-            raise ValueError(f"PixelCounter needs a non-negative ignore index, got {ignore_index}")
-        self.c, self.ignore = int(num_classes), int(ignore_index)
-        self.rows = max(self.c, self.ignore + 1)
-        self.counts: torch.Tensor | None = None
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """``pred`` int64 in ``0..C-1`` and ``target`` int64 (same shape, same device)."""
-        n = self.rows * self.c
-        counts = torch.bincount(torch.add(pred, target, alpha=self.c).reshape(-1), minlength=n)
-        if counts.numel() > n:  # a label above the ignore index (the size is known on the host)
-            bad = int(target.max())
-            raise DatasetError(
-                f"label value {bad} is neither a class (0..{self.c - 1}) nor the ignore index {self.ignore}"
-            )
-        self.counts = counts if self.counts is None else self.counts.add_(counts)
-
-    def confusion(self) -> torch.Tensor:
-        """int64 (C, C) counts, rows = ground truth; DatasetError if labels held stray values."""
-        if self.counts is None:
-            return torch.zeros(self.c, self.c, dtype=torch.int64)
-        table = self.counts.view(self.rows, self.c)
-        stray = [r for r in range(self.c, self.rows) if r != self.ignore]
-        if stray and int(table[stray].sum()) > 0:
-            bad = [r for r in stray if int(table[r].sum()) > 0]
-            raise DatasetError(
-                f"label values {bad[:10]} are neither classes (0..{self.c - 1}) nor the ignore index {self.ignore}"
-            )
-        return table[: self.c].clone()
 
 
 def memory_format_of(model: nn.Module) -> torch.memory_format:
@@ -186,7 +147,6 @@ def evaluate(
     was_training, home, mf = model.training, _device_of(model), memory_format_of(model)
     model.to(dev).eval()  # .to(device) keeps every tensor's strides
     cm = ConfusionMatrix(info.num_classes, info.ignore_index)
-    counter = PixelCounter(info.num_classes, info.ignore_index) if info.ignore_index >= 0 else cm
     forward_s = metric_s = 0.0
     images = 0
     start = time.perf_counter()
@@ -207,7 +167,7 @@ def evaluate(
                     logits = F.interpolate(logits.float(), y.shape[-2:], mode="bilinear", align_corners=False)
                 _sync(dev)
                 t1 = time.perf_counter()
-                counter.update(class_argmax(logits), y)
+                cm.update_unchecked(class_argmax(logits), y)
                 _sync(dev)
                 t2 = time.perf_counter()
                 forward_s += t1 - t0
@@ -218,8 +178,6 @@ def evaluate(
         if home is not None and home != dev:
             model.to(home)
     seconds = time.perf_counter() - start
-    if isinstance(counter, PixelCounter):
-        cm.matrix = counter.confusion()
     result = dict(cm.compute())
     iou = np.asarray(result["iou"], dtype=np.float64)
     result.update(
