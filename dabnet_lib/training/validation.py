@@ -2,10 +2,11 @@
 standard and the official code's, pixel accuracy, timings with the share spent in metric updates), as
 training runs it after its epochs and as evaluation/ runs it on a checkpoint.
 
-The metric stays on the model's device: ``argmax`` (:func:`class_argmax`), one fused ``pred + C * label`` and
-one ``bincount`` per batch (:meth:`~dabnet_lib.training.metrics.ConfusionMatrix.update_unchecked`); the metrics
-themselves come from :meth:`~dabnet_lib.training.metrics.ConfusionMatrix.compute`. Evaluation is bound by the
-model, not by the metric (the official code looped over pixels in Python).
+The forward pass is :mod:`~dabnet_lib.training.prediction`'s (logits upsampled to the label size, argmax), as
+for prediction. The metric stays on the model's device: one fused ``pred + C * label`` and one ``bincount`` per
+batch (:meth:`~dabnet_lib.training.metrics.ConfusionMatrix.update_unchecked`); the metrics themselves come from
+:meth:`~dabnet_lib.training.metrics.ConfusionMatrix.compute`. Evaluation is bound by the model, not by the
+metric (the official code looped over pixels in Python).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -26,14 +26,7 @@ from ..data.transforms import EvalTransform
 from ..devices import resolve_device
 from ..errors import DatasetError
 from .metrics import ConfusionMatrix
-
-
-def class_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """Class ids ``(N, H, W)`` int64 of logits ``(N, C, H, W)``, on the logits' device. On CPU numpy's
-    argmax is used: about 2x faster than torch's channel reduction for either memory format."""
-    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.argmax(logits.detach().numpy(), axis=1))
-    return logits.argmax(1)
+from .prediction import class_argmax, full_size_logits
 
 
 class _EvalView(Dataset):
@@ -160,11 +153,9 @@ def evaluate(
                 y = y.to(dev, non_blocking=True)
                 _sync(dev)
                 t0 = time.perf_counter()
-                logits = model(x)
+                logits = full_size_logits(model, x, y.shape[-2:])
                 if logits.shape[1] != info.num_classes:
                     raise ValueError(f"model outputs {logits.shape[1]} classes, {info.name} has {info.num_classes}")
-                if logits.shape[-2:] != y.shape[-2:]:
-                    logits = F.interpolate(logits.float(), y.shape[-2:], mode="bilinear", align_corners=False)
                 _sync(dev)
                 t1 = time.perf_counter()
                 cm.update_unchecked(class_argmax(logits), y)
