@@ -13,13 +13,14 @@ import torch
 from dabnet_lib.data.datasets import CAMVID, build_dataset
 from dabnet_lib.data.transforms import TrainTransform
 from dabnet_lib.errors import CheckpointError
-from dabnet_lib.model.checkpoints import capture_rng, load_for_resume, restore_rng, save_checkpoint
+from dabnet_lib.model.checkpoints import capture_rng, restore_rng, save_checkpoint
 from dabnet_lib.model.dabnet import DABNet, build_from_checkpoint, read_checkpoint
 from dabnet_lib.training.engine import fit
 from dabnet_lib.training.losses import build_loss
 from dabnet_lib.training.recipes import get_recipe
 from dabnet_lib.training.schedule import WarmupPolyLR
 from dabnet_lib.training.step import train_step
+from dabnet_lib.training.train_state import load_for_resume
 
 CONTRACT_KEYS = {
     "model",
@@ -239,7 +240,7 @@ def test_thread_tuner_keeps_the_faster_thread_count() -> None:
 
 
 def test_publish_weights_is_small_and_loads(tmp_path: Path) -> None:
-    from dabnet_lib.model.checkpoints import publish_weights
+    from dabnet_lib.training.train_state import publish_weights
 
     model = DABNet(11)
     opt = torch.optim.Adam(model.parameters())
