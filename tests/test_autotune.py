@@ -264,7 +264,7 @@ def test_engine_records_and_resume_keeps_the_choice(
         calls.append(args)
         return picked
 
-    monkeypatch.setattr("dabnet_lib.training.engine.choose", fake_choose)
+    monkeypatch.setattr("dabnet_lib.training.run_builder.choose", fake_choose)
     recipe = get_recipe("camvid", "smoke").replace(amp="auto", channels_last="auto", compile="auto", epochs=1)
     out = tmp_path / "run"
     fit(recipe, camvid_tiny, out, quiet=True)

@@ -13,13 +13,20 @@ import torch
 from dabnet_lib.data.datasets import CAMVID, build_dataset
 from dabnet_lib.data.transforms import TrainTransform
 from dabnet_lib.errors import CheckpointError
-from dabnet_lib.model.checkpoints import capture_rng, load_for_resume, restore_rng, save_checkpoint
+from dabnet_lib.model.checkpoints import capture_rng, restore_rng, save_checkpoint
 from dabnet_lib.model.dabnet import DABNet, build_from_checkpoint, read_checkpoint
 from dabnet_lib.training.engine import fit
 from dabnet_lib.training.losses import build_loss
 from dabnet_lib.training.recipes import get_recipe
 from dabnet_lib.training.schedule import WarmupPolyLR
 from dabnet_lib.training.step import train_step
+from dabnet_lib.training.train_state import (
+    CHECKPOINT_KEYS,
+    PUBLISH_KEYS,
+    RESUME_KEYS,
+    load_for_resume,
+    publish_weights,
+)
 
 CONTRACT_KEYS = {
     "model",
@@ -140,6 +147,11 @@ def test_smoke_profile_end_to_end(camvid_tiny: Path, tmp_path: Path) -> None:
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 11, 64, 96)
     assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    # TrainState is the one list of checkpoint keys: last.pt holds them all, a published copy its share
+    assert tuple(read_checkpoint(tmp_path / "last.pt")) == CHECKPOINT_KEYS
+    assert set(CONTRACT_KEYS) <= set(RESUME_KEYS) | set(PUBLISH_KEYS)
+    published = publish_weights(tmp_path / "last.pt", tmp_path / "published.pt")
+    assert tuple(read_checkpoint(published)) == PUBLISH_KEYS and not set(RESUME_KEYS) <= set(PUBLISH_KEYS)
 
 
 def test_trainval_selects_nothing_on_val(camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -239,8 +251,6 @@ def test_thread_tuner_keeps_the_faster_thread_count() -> None:
 
 
 def test_publish_weights_is_small_and_loads(tmp_path: Path) -> None:
-    from dabnet_lib.model.checkpoints import publish_weights
-
     model = DABNet(11)
     opt = torch.optim.Adam(model.parameters())
     model(torch.zeros(2, 3, 32, 32)).mean().backward()

@@ -14,8 +14,7 @@ from dabnet_lib.data.datasets import SegmentationDataset, build_dataset
 from dabnet_lib.errors import CheckpointError, DatasetError
 from dabnet_lib.evaluation.evaluation import best_of_last, evaluate_checkpoint, format_result, result_to_json
 from dabnet_lib.model.dabnet import DABNet, DABNetConfig
-from dabnet_lib.training.metrics import ConfusionMatrix
-from dabnet_lib.training.validation import PixelCounter, evaluate
+from dabnet_lib.training.validation import evaluate
 
 N_IMAGES = 3
 
@@ -233,28 +232,6 @@ def test_best_of_last_without_epoch_files(tmp_path: Path, camvid_tiny: Path) -> 
         best_of_last(tmp_path, 3, data_root=camvid_tiny, progress=False)
     with pytest.raises(CheckpointError, match="does not exist"):
         best_of_last(tmp_path / "nope", 3, data_root=camvid_tiny, progress=False)
-
-
-@pytest.mark.parametrize(("classes", "ignore"), [(11, 11), (19, 255)])
-def test_pixel_counter_matches_confusion_matrix(classes: int, ignore: int) -> None:
-    gen = torch.Generator().manual_seed(classes)
-    counter, reference = PixelCounter(classes, ignore), ConfusionMatrix(classes, ignore)
-    for _ in range(3):
-        pred = torch.randint(0, classes, (2, 17, 23), generator=gen)
-        target = torch.randint(0, classes, (2, 17, 23), generator=gen)
-        target[torch.rand(target.shape, generator=gen) < 0.2] = ignore
-        counter.update(pred, target)
-        reference.update(pred, target)
-    assert torch.equal(counter.confusion(), reference.matrix)
-
-
-def test_pixel_counter_reports_stray_labels() -> None:
-    counter = PixelCounter(19, 255)
-    counter.update(torch.zeros(1, 4, 4, dtype=torch.int64), torch.full((1, 4, 4), 40))
-    with pytest.raises(DatasetError, match="40"):
-        counter.confusion()
-    with pytest.raises(DatasetError, match="300"):
-        counter.update(torch.zeros(1, 2, 2, dtype=torch.int64), torch.full((1, 2, 2), 300))
 
 
 def test_cityscapes_oracle_and_withheld_test_labels(cityscapes_root: Path) -> None:

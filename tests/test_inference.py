@@ -15,7 +15,9 @@ from dabnet_lib.data.datasets import CAMVID, CITYSCAPES, build_dataset
 from dabnet_lib.errors import DatasetError
 from dabnet_lib.evaluation.inference import Predictor, cityscapes_label_lut, export_cityscapes, predict_folder
 from dabnet_lib.model.dabnet import DABNet
-from dabnet_lib.training.validation import class_argmax
+from dabnet_lib.training.metrics import ConfusionMatrix
+from dabnet_lib.training.prediction import class_argmax
+from dabnet_lib.training.validation import evaluate
 
 
 class Constant(nn.Module):
@@ -84,6 +86,22 @@ def test_predictor_shapes_and_consistency(net: DABNet) -> None:
     assert half.predict(a).shape == (52, 76) and half.logits(a).shape == (11, 52, 76)
     with pytest.raises(ValueError, match="one size"):
         pred.predict_batch([a, _images(1, 40, 40)[0]])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_prediction_and_evaluation_score_the_same_pixels(net: DABNet, camvid_tiny: Path) -> None:
+    """Predictor and evaluate() share one normalise -> forward -> upsample -> argmax path: the predictions of
+    `dabnet predict`, counted by hand, give evaluate()'s confusion matrix (also at half scale)."""
+    val = build_dataset("camvid", camvid_tiny, "val")
+    for scale in (1.0, 0.5):
+        predictor = Predictor(net, CAMVID.official_mean, device="cpu", scale=scale)
+        by_hand = ConfusionMatrix(CAMVID.num_classes, CAMVID.ignore_index)
+        for i in range(len(val)):
+            image, label = val.load(i)
+            by_hand.update(predictor.predict(image), label)
+        scored = evaluate(net, val, device="cpu", progress=False, scale=scale)
+        assert scored["images"] == len(val) > 0
+        np.testing.assert_array_equal(scored["confusion"], by_hand.compute()["confusion"])
 
 
 def test_predictor_normalises_with_mean_and_std() -> None:

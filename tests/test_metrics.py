@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dabnet_lib.errors import DabnetError
+from dabnet_lib.errors import DabnetError, DatasetError
 from dabnet_lib.training.metrics import ConfusionMatrix, MetricInputError
 
 IGNORE = 255
@@ -163,6 +163,44 @@ def test_large_random_input_matches_independent_numpy_count():
     iou = tp / (reference.sum(0) + reference.sum(1) - tp)
     np.testing.assert_allclose(res["iou"], iou)
     assert res["miou"] == pytest.approx(iou.mean())
+
+
+@pytest.mark.parametrize(("classes", "ignore"), [(11, 11), (19, 255), (5, 3), (4, None)])
+def test_unchecked_update_counts_as_update_does(classes: int, ignore: int | None) -> None:
+    """The evaluation loop's fast path, mixed with checked updates, gives update's matrix; an ignore index
+    inside the class range (or none) takes the checked path."""
+    gen = torch.Generator().manual_seed(classes)
+    fast, reference = ConfusionMatrix(classes, ignore), ConfusionMatrix(classes, ignore)
+    for i in range(4):
+        pred = torch.randint(0, classes, (2, 17, 23), generator=gen)
+        target = torch.randint(0, classes, (2, 17, 23), generator=gen)
+        if ignore is not None:
+            target[torch.rand(target.shape, generator=gen) < 0.2] = ignore
+        (fast.update if i == 2 else fast.update_unchecked)(pred, target)
+        reference.update(pred, target)
+    assert torch.equal(fast.matrix, reference.matrix) and fast.matrix.shape == (classes, classes)
+    np.testing.assert_array_equal(fast.compute()["confusion"], reference.compute()["confusion"])
+    fast.reset()
+    assert int(fast.matrix.sum()) == 0
+
+
+def test_unchecked_update_reports_stray_labels() -> None:
+    between = ConfusionMatrix(19, 255)
+    between.update_unchecked(torch.zeros(1, 4, 4, dtype=torch.int64), torch.full((1, 4, 4), 40))
+    with pytest.raises(DatasetError, match=r"label values \[40\] are neither classes \(0..18\) nor the ignore"):
+        between.compute()
+    above = ConfusionMatrix(19, 255)
+    with pytest.raises(DatasetError, match="label value 300 is neither a class"):
+        above.update_unchecked(torch.zeros(1, 2, 2, dtype=torch.int64), torch.full((1, 2, 2), 300))
+
+
+def test_from_counts_holds_the_counts() -> None:
+    counts = EXPECTED_CONFUSION.astype(np.int64)
+    cm = ConfusionMatrix.from_counts(counts, IGNORE)
+    assert (cm.num_classes, cm.ignore_index) == (5, IGNORE)
+    _check_hand_example(cm.all_reduce().compute())
+    with pytest.raises(MetricInputError, match=r"must be \(C, C\), got \(5, 4\)"):
+        ConfusionMatrix.from_counts(counts[:, :4], IGNORE)
 
 
 def test_official_miou_never_below_miou():

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from dabnet_lib.cli import main
-from dabnet_lib.model.checkpoints import load_for_resume
 from dabnet_lib.training.engine import TrainingInterrupted, fit
 from dabnet_lib.training.recipes import Recipe, get_recipe
+from dabnet_lib.training.train_state import load_for_resume
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import dabnet_lib.training.engine as engine
+import dabnet_lib.training.epoch_loop as epoch_loop
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model.dabnet import DABNet
 from dabnet_lib.training.recipes import get_recipe
@@ -115,7 +116,7 @@ def test_fp32_keeps_channels_last_and_a_broken_probe_switches_it_off(monkeypatch
 def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
     camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine.train_step
+    real = epoch_loop.train_step
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):  # the 2nd step is non-finite, the rest are real
@@ -123,13 +124,13 @@ def test_skipped_steps_are_counted_and_divergence_stops_with_a_clear_error(
         loss, applied = real(*args, **kwargs)
         return (torch.tensor(float("nan")), False) if calls["n"] == 2 else (loss, applied)
 
-    monkeypatch.setattr(engine, "train_step", flaky)
+    monkeypatch.setattr(epoch_loop, "train_step", flaky)
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, save_every=0)
     summary = engine.fit(recipe, camvid_tiny, tmp_path / "one", quiet=True)
     (row,) = summary["metrics"]
     assert row["skipped_steps"] == 1 and row["iteration"] == 2 and math.isfinite(row["loss"])
 
-    monkeypatch.setattr(engine, "train_step", lambda *a, **k: (torch.tensor(float("inf")), False))
+    monkeypatch.setattr(epoch_loop, "train_step", lambda *a, **k: (torch.tensor(float("inf")), False))
     with pytest.raises(DabnetError, match=r"training diverged: 20 steps in a row .*amp=off"):
         engine.fit(recipe.replace(epochs=12), camvid_tiny, tmp_path / "diverged", quiet=True)
 
@@ -173,18 +174,18 @@ def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
     """The engine with an enabled GradScaler: skipped steps count in skipped_steps, their (NaN-free but
     unapplied) losses stay out of the loss mean, and 20 in a row stop the run; also when the host reads the
     step flags only every ``sync_every`` iterations (as on CUDA)."""
-    monkeypatch.setattr(engine.torch.amp, "GradScaler", lambda device, enabled=True: _SkippingScaler(device))
-    monkeypatch.setitem(engine.HOST_SYNC_EVERY, "cpu", sync_every)
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: _SkippingScaler(device))
+    monkeypatch.setitem(epoch_loop.HOST_SYNC_EVERY, "cpu", sync_every)
     _SkippingScaler.calls = 0
     seen: list[float] = []
-    real_step = engine.train_step
+    real_step = epoch_loop.train_step
 
     def recording(*args, **kwargs):
         loss, applied = real_step(*args, **kwargs)
         seen.append(float(loss))
         return loss, applied
 
-    monkeypatch.setattr(engine, "train_step", recording)
+    monkeypatch.setattr(epoch_loop, "train_step", recording)
     recipe = get_recipe("camvid", "smoke").replace(epochs=1, save_every=0, val_every=0)
     summary = engine.fit(recipe, camvid_tiny, tmp_path / "one", quiet=True)
     (row,) = summary["metrics"]

@@ -18,7 +18,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -28,7 +27,7 @@ from ..data.transforms import EvalTransform
 from ..devices import resolve_device, to_memory_format
 from ..errors import CheckpointError, DatasetError
 from ..model.dabnet import build_from_checkpoint
-from ..training.validation import class_argmax
+from ..training.prediction import full_size_logits, normalised_batch, predict_classes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 WRITE_KINDS = ("label", "color", "overlay")
@@ -154,27 +153,22 @@ class Predictor:
         }
         return pred
 
-    def _prepare(self, image: np.ndarray) -> torch.Tensor:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
-        return self._transform(image, None)[0]  # the same pre-processing as evaluate()
-
-    @torch.inference_mode()
-    def _forward(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Logits ``(N, C, H, W)`` float32 on the device, at the input images' own size."""
+    @staticmethod
+    def _check(images: Sequence[np.ndarray]) -> None:
+        """ValueError unless ``images`` are uint8 RGB ``(H, W, 3)`` of one size."""
         sizes = {img.shape[:2] for img in images}
         if len(sizes) != 1:
             raise ValueError(f"predict_batch needs images of one size, got {sorted(sizes)}")
-        ((h, w),) = sizes
-        x = torch.stack([self._prepare(img) for img in images]).to(self.device)
-        logits = self.model(x.contiguous(memory_format=torch.channels_last)).float()
-        if logits.shape[-2:] != (h, w):
-            logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
-        return logits
+        for image in images:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
 
     def logits(self, image: np.ndarray) -> np.ndarray:
         """Class scores ``(C, H, W)`` float32 for one uint8 RGB image ``(H, W, 3)``."""
-        return self._forward([image])[0].cpu().numpy()
+        self._check([image])
+        with torch.inference_mode():  # the same pre-processing as evaluate()
+            batch = normalised_batch([image], self._transform, self.device, torch.channels_last)
+            return full_size_logits(self.model, batch, image.shape[:2])[0].cpu().numpy()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Train-id map ``(H, W)`` int64 for one uint8 RGB image ``(H, W, 3)``."""
@@ -182,8 +176,10 @@ class Predictor:
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Train-id maps ``(N, H, W)`` int64 for same-size uint8 RGB images."""
+        self._check(images)
         with torch.inference_mode():
-            return class_argmax(self._forward(images)).cpu().numpy().astype(np.int64, copy=False)
+            pred = predict_classes(self.model, images, self._transform, self.device, torch.channels_last)
+            return pred.cpu().numpy().astype(np.int64, copy=False)
 
     @property
     def num_classes(self) -> int | None:

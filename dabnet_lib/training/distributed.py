@@ -271,9 +271,8 @@ def evaluate_sharded(
         **kw,
     )
     if shard:
-        cm = ConfusionMatrix(dataset.info.num_classes, dataset.info.ignore_index)
-        cm.matrix = torch.as_tensor(
-            res["confusion"], dtype=torch.int64, device=device if ctx.backend == "nccl" else "cpu"
+        cm = ConfusionMatrix.from_counts(
+            res["confusion"], dataset.info.ignore_index, device=device if ctx.backend == "nccl" else "cpu"
         )
         res.update(cm.all_reduce().compute())
     return res

@@ -2,9 +2,10 @@
 
 :class:`ConfusionMatrix` accumulates an ``int64 (C, C)`` matrix (rows = ground truth, columns =
 prediction) with one ``torch.bincount`` per update, on the device of the tensors it is given, so a
-GPU evaluation loop never copies predictions to the host. ``compute()`` turns it into per-class IoU,
-mIoU (two rules, see below), pixel accuracy and mean class accuracy. All values are fractions in
-[0, 1], never percentages.
+GPU evaluation loop never copies predictions to the host. ``update`` checks its input;
+``update_unchecked`` is the evaluation loop's path (three passes over the pixels instead of about 13).
+``compute()`` turns the counts into per-class IoU, mIoU (two rules, see below), pixel accuracy and mean
+class accuracy. All values are fractions in [0, 1], never percentages.
 
 Two mIoU rules are reported side by side:
 
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DabnetError
+from ..errors import DabnetError, DatasetError
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -63,7 +64,28 @@ class ConfusionMatrix:
             raise MetricInputError(f"ConfusionMatrix: num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
-        self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self._matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        # update_unchecked's counts, (ignore_index + 1) * C bins (rows = label values), not yet in _matrix
+        self._unchecked: torch.Tensor | None = None
+
+    @classmethod
+    def from_counts(
+        cls, counts: ArrayLike, ignore_index: int | None = 255, device: str | torch.device | None = None
+    ) -> ConfusionMatrix:
+        """A matrix holding ``counts`` (int64 (C, C), rows = ground truth, e.g. one DDP rank's ``compute()``
+        ``confusion`` to :meth:`all_reduce`) on ``device``; a CPU numpy array is used in place, not copied."""
+        matrix = torch.as_tensor(counts, dtype=torch.int64, device=device)
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise MetricInputError(f"ConfusionMatrix.from_counts: counts must be (C, C), got {tuple(matrix.shape)}")
+        cm = cls(matrix.shape[0], ignore_index)
+        cm._matrix = matrix
+        return cm
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The int64 (C, C) counts (rows = ground truth, columns = prediction), on the device counted on."""
+        self._fold_unchecked()
+        return self._matrix
 
     def __repr__(self) -> str:
         return (
@@ -73,7 +95,8 @@ class ConfusionMatrix:
 
     def reset(self) -> None:
         """Zero the matrix (keeps its device)."""
-        self.matrix.zero_()
+        self._unchecked = None
+        self._matrix.zero_()
 
     @torch.no_grad()
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:
@@ -104,13 +127,51 @@ class ConfusionMatrix:
         counts = torch.bincount(index, minlength=c * c + 2)
         if int(counts[c * c + 1]) > 0:  # one cheap host sync; the error path below is rare
             self._raise_out_of_range(p, t, valid)
-        cells = counts[: c * c].view(c, c)
-        if self.matrix.device != cells.device:
-            if int(self.matrix.sum()) == 0:
-                self.matrix = self.matrix.to(cells.device)
+        self._add(counts[: c * c].view(c, c))
+
+    def _add(self, cells: torch.Tensor) -> None:
+        """Add (C, C) counts; an empty matrix moves to their device, a filled one keeps its own."""
+        if self._matrix.device != cells.device:
+            if int(self._matrix.sum()) == 0:
+                self._matrix = self._matrix.to(cells.device)
             else:
-                cells = cells.to(self.matrix.device)
-        self.matrix += cells
+                cells = cells.to(self._matrix.device)
+        self._matrix += cells
+
+    @torch.no_grad()
+    def update_unchecked(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """:meth:`update` for an evaluation loop: ``pred`` int64 class ids in ``[0, C)`` (an argmax) and
+        ``target`` int64 labels of the same shape on the same device. Three passes over the pixels (``pred +
+        C * target`` fused, one ``bincount``) instead of update's range checks: predictions are not checked,
+        and a label that is neither a class nor the ignore index raises :class:`~dabnet_lib.errors.DatasetError`
+        here (above the ignore index) or when the matrix is next read (in between: it counts in a row of its
+        own). With no ignore index, or one inside ``[0, C)``, this is :meth:`update`."""
+        c, ignore = self.num_classes, self.ignore_index
+        if ignore is None or ignore < c:
+            self.update(pred, target)
+            return
+        bins = (ignore + 1) * c
+        counts = torch.bincount(torch.add(pred, target, alpha=c).reshape(-1), minlength=bins)
+        if counts.numel() > bins:  # a label above the ignore index (the size is known on the host)
+            raise DatasetError(
+                f"label value {int(target.max())} is neither a class (0..{c - 1}) nor the ignore index {ignore}"
+            )
+        self._unchecked = counts if self._unchecked is None else self._unchecked.add_(counts)
+
+    def _fold_unchecked(self) -> None:
+        """Move update_unchecked's counts into the matrix; DatasetError if labels held stray values."""
+        if self._unchecked is None:
+            return
+        c, ignore = self.num_classes, self.ignore_index
+        assert ignore is not None
+        table = self._unchecked.view(ignore + 1, c)
+        stray = [row for row in range(c, ignore) if int(table[row].sum()) > 0] if ignore > c else []
+        if stray:
+            raise DatasetError(
+                f"label values {stray[:10]} are neither classes (0..{c - 1}) nor the ignore index {ignore}"
+            )
+        self._unchecked = None
+        self._add(table[:c])
 
     def _raise_out_of_range(self, p: torch.Tensor, t: torch.Tensor, valid: torch.Tensor) -> None:
         c = self.num_classes
@@ -139,7 +200,7 @@ class ConfusionMatrix:
                 f"(num_classes={other.num_classes}, ignore_index={other.ignore_index}) into "
                 f"(num_classes={self.num_classes}, ignore_index={self.ignore_index})"
             )
-        self.matrix += other.matrix.to(self.matrix.device)
+        self._add(other.matrix.to(self.matrix.device))
         return self
 
     def all_reduce(self) -> ConfusionMatrix:
@@ -152,8 +213,8 @@ class ConfusionMatrix:
 
         if dist.is_available() and dist.is_initialized():
             if dist.get_backend() == "nccl" and self.matrix.device.type != "cuda":
-                self.matrix = self.matrix.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+                self._matrix = self._matrix.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(self._matrix, op=dist.ReduceOp.SUM)
         return self
 
     def compute(self) -> dict[str, Any]:

@@ -20,11 +20,10 @@ from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import EvalTransform
-from .validation import class_argmax
+from .prediction import predict_classes
 
 
 class IterationInfo(TypedDict):
@@ -154,11 +153,8 @@ def predict_examples(
         out = []
         for i in indices:
             image, label = dataset.load(i)
-            x = transform(image, None)[0].unsqueeze(0).to(device)
-            logits = net(x).float()
-            if logits.shape[-2:] != image.shape[:2]:
-                logits = F.interpolate(logits, image.shape[:2], mode="bilinear", align_corners=False)
-            out.append(Example(str(dataset.name(i)), image, label, class_argmax(logits)[0].cpu().numpy()))
+            pred = predict_classes(net, [image], transform, device)[0]
+            out.append(Example(str(dataset.name(i)), image, label, pred.cpu().numpy()))
         return out
     finally:
         net.train(was_training)
