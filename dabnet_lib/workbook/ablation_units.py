@@ -53,7 +53,8 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # (a smoke run's sha256 of the trained state dict, 1 thread, real CamVid: b6ca1877d5a5a273 before and after);
     # bc586c5d930f: checkpoint-reading messages only (refused-as-unsafe, first_line); test_model/test_fast_ops pass;
     # 73cceebb0376: ConfusionMatrix.update_unchecked replaces validation's PixelCounter (smoke run: weights digest
-    # 1186738dabbfc4a7 and val mIoU 0.00676, 0.07475 on cc1372a and after, same machine); 5ced5038316d: both edits merged
+    # 1186738dabbfc4a7 and val mIoU 0.00676, 0.07475 on cc1372a and after, same machine);
+    # 5ced5038316d: both edits merged (smoke run weights digest 1186738dabbfc4a7)
     frozenset({"d67f629a52e4", "72a7e6cd281f", "bccdcc12c16e", "bc586c5d930f", "73cceebb0376", "5ced5038316d"}),
 )
 #: Recipe fields that the unit (variant, seed, budget) decides, left out of the recipe fingerprint, and fields
