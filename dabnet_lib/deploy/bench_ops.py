@@ -17,14 +17,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.datasets import CAMVID
+from ..data.statistics import CLASS_WEIGHT_C
 from ..devices import to_memory_format
+from ..errors import DabnetError
 from ..machine import cpu_label
 from ..model.dabnet import DABNet
 from ..model.fast_ops import count_fast_ops, use_fast_ops
 
 #: The issue's training-step target: fast ops at least this many times faster than the stock ops.
 TRAIN_STEP_TARGET = 1.3
-IGNORE_INDEX = 11  # CamVid's ignore label
 
 
 def _step_fn(
@@ -37,7 +39,7 @@ def _step_fn(
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext()
         with ctx:
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=CAMVID.ignore_index)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -54,13 +56,18 @@ def bench_fast_ops(
     rounds: int = 5,
     iters: int = 3,
     warmup: int = 2,
-    num_classes: int = 11,
+    num_classes: int = len(CAMVID.classes),
 ) -> dict[str, Any]:
     """Median step time (ms) of the stock and the fast-ops model, ``rounds`` interleaved rounds of
     ``iters`` steps each after ``warmup`` untimed steps per model; ``ratio`` = stock / fast (> 1: the
     fast ops are faster). amp: ``"off"`` (fp32) or ``"bf16"`` (CPU autocast)."""
     if amp not in ("off", "bf16"):
-        raise ValueError(f"amp must be 'off' or 'bf16', got {amp!r}")
+        raise DabnetError(f"amp must be 'off' or 'bf16', got {amp!r}")
+    settings = {"batch": (batch, 1), "threads": (threads, 1), "rounds": (rounds, 1), "iters": (iters, 1)}
+    settings.update(warmup=(warmup, 0), H=(input_size[0], 16), W=(input_size[1], 16))
+    low = [f"{name} must be >= {least}, got {value}" for name, (value, least) in settings.items() if value < least]
+    if low:
+        raise DabnetError(f"bench-ops: {'; '.join(low)}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -71,7 +78,7 @@ def bench_fast_ops(
         layout = torch.channels_last if channels_last else torch.contiguous_format
         images = torch.randn(batch, 3, *input_size, generator=gen).contiguous(memory_format=layout)
         labels = torch.randint(0, num_classes + 1, (batch, *input_size), generator=gen)
-        weight = 1.0 / torch.log(1.10 + torch.rand(num_classes, generator=gen) / num_classes)
+        weight = 1.0 / torch.log(CLASS_WEIGHT_C + torch.rand(num_classes, generator=gen) / num_classes)
         steps = {}
         for name, model in (("stock", stock), ("fast", fast)):
             steps[name] = _step_fn(to_memory_format(model, layout), images, labels, weight, amp)
