@@ -28,6 +28,7 @@ feeds them) -> logits ``(N, C, H, W)`` float32. Variants (``VARIANTS``):
 ``REGISTRY`` holds every variant by name, in table order: its CPU builder, its accelerator builder
 (:mod:`.device_builders`; ``fp16`` and ``bf16`` exist only there), runtime and precision; ``VARIANTS``,
 ``INT8_VARIANTS`` and the lists the speed targets compare are read from it.
+
 fp32 variants must match eager within ``FP32_TOLERANCE`` relative logit difference
 (``max|a - b| / max|a|``); the int8 variants (``INT8_VARIANTS``) report predicted-label agreement
 with eager in percent. A variant whose package is missing raises :class:`VariantError` saying what
