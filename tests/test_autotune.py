@@ -23,8 +23,8 @@ GOOD_PROBE, BAD_PROBE = (lambda: 0.004), (lambda: 1.7)
 class FakeTimer:
     """Stands in for :class:`StepTimer`: fixed images/s per candidate label; records what was built."""
 
-    def __init__(self, speeds: dict[str, float], fail: tuple[str, ...] = ()) -> None:
-        self.speeds, self.fail, self.built = speeds, fail, []  # type: list[str]
+    def __init__(self, speeds: dict[str, float], fail: tuple[str, ...] = (), share: float = 0.97) -> None:
+        self.speeds, self.fail, self.built, self.share = speeds, fail, [], share  # type: list[str]
 
     def add(self, c: Candidate) -> float:
         if c.label in self.fail:
@@ -37,6 +37,9 @@ class FakeTimer:
 
     def images_per_s(self, c: Candidate) -> float:
         return self.speeds[c.label]
+
+    def cpu_share(self) -> float | None:
+        return self.share
 
 
 @pytest.fixture(autouse=True)
@@ -201,6 +204,16 @@ def test_stale_or_malformed_entry_warns_and_measures_again(cache_in_tmp: Path) -
         assert _choose(FakeTimer(ALL)).source == "measured"
 
 
+def test_timings_from_a_busy_machine_are_used_but_not_cached(cache_in_tmp: Path) -> None:
+    said: list[str] = []
+    busy = _choose(FakeTimer(ALL, share=0.5), log=said.append)
+    assert busy.source == "measured" and busy.candidate.label == "bf16 channels_last compiled"
+    assert not cache_in_tmp.exists() and any("busy" in m and "50%" in m and "not cached" in m for m in said)
+    timer = FakeTimer(ALL)  # the next run measures again, on a quiet machine, and caches
+    assert _choose(timer).source == "measured" and timer.built and cache_in_tmp.is_file()
+    assert _choose(FakeTimer({})).source == "cache"
+
+
 def test_unwritable_cache_only_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -247,6 +260,8 @@ def test_real_step_timer_times_eager_candidates(one_thread: None) -> None:
     assert [r["status"] for r in rows] == ["ok"] * len(cands)
     assert all(r["images_per_s"] > 0 for r in rows)
     assert timer.steps[cands[0]] == autotune.ROUNDS * autotune.STEPS_PER_ROUND
+    share = timer.cpu_share()
+    assert share is not None and 0.0 < share < 1.5  # process CPU time / (wall x threads) of the timed rounds
 
 
 @pytest.mark.slow

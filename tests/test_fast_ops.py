@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from dabnet_lib.model import fast_ops
 from dabnet_lib.model.dabnet import DABNet, DABNetConfig, load_weights
 from dabnet_lib.model.fast_ops import (
     FastDepthwiseConv2d,
@@ -102,6 +103,57 @@ def test_prelu_matches_stock_including_zeros(slopes: int, channels_last: bool) -
     assert torch.equal(got["out"], ref["out"])
     assert torch.equal(got["input"], ref["input"])
     assert _rel(got["weight"], ref["weight"]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("dtype", "channels_last", "slopes"),
+    [(torch.float32, False, 7), (torch.float32, True, 7), (torch.float32, False, 1), (torch.bfloat16, False, 7)],
+    ids=["fp32-nchw", "fp32-nhwc", "fp32-one-slope", "bf16-nchw"],
+)
+def test_fused_prelu_backward_is_bit_identical_to_the_written_out_one(
+    dtype: torch.dtype, channels_last: bool, slopes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fast_ops, "_fused_prelu_parts", None)
+    monkeypatch.setattr(fast_ops, "FUSED_PRELU_MIN_ELEMENTS", 0)  # small tensors take the fused path too
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, grad = (torch.randn(2, 7, 9, 11).to(dtype).contiguous(memory_format=fmt) for _ in range(2))
+    x[x.abs() < 0.3] = 0.0  # exact zeros take the slope side
+    slope = (torch.rand(slopes) - 0.3).to(dtype).reshape(1, -1, 1, 1) if slopes > 1 else torch.rand(1).to(dtype)
+    fused = fast_ops._prelu_grad_parts(grad, x, slope)
+    assert fast_ops._fused_prelu_parts not in (None, False)  # the compiled pass ran
+    for got, ref in zip(fused, fast_ops._prelu_grad_parts_eager(grad, x, slope), strict=True):
+        assert got.dtype == ref.dtype and got.stride() == ref.stride()  # same layout: the slope sum's order
+        assert torch.equal(got, ref)
+    # the module's gradients through the fused path equal the written-out path's, bit for bit
+    stock = nn.PReLU(slopes)
+    with torch.no_grad():
+        stock.weight.uniform_(-0.5, 0.8)
+    fast = use_fast_ops(copy.deepcopy(stock))
+    xf = x.float()
+    fused_run = _run(fast, xf, grad.float())
+    monkeypatch.setattr(fast_ops, "FUSED_PRELU_MIN_ELEMENTS", 1 << 62)
+    written_run = _run(fast, xf, grad.float())
+    for key in written_run:
+        assert torch.equal(fused_run[key], written_run[key]), key
+
+
+def test_fused_prelu_backward_falls_back_when_inductor_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compiler(*_a: object, **_k: object) -> object:
+        def fail(*_x: object) -> None:
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return fail
+
+    monkeypatch.setattr(fast_ops, "_fused_prelu_parts", None)
+    monkeypatch.setattr(fast_ops, "FUSED_PRELU_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    x, grad, slope = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5), torch.rand(1, 3, 1, 1)
+    with pytest.warns(RuntimeWarning, match="fused PReLU backward could not be built"):
+        got = fast_ops._prelu_grad_parts(grad, x, slope)
+    assert fast_ops._fused_prelu_parts is False  # not retried on every call
+    for a, b in zip(got, fast_ops._prelu_grad_parts_eager(grad, x, slope), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_prelu_bf16_autocast_matches_stock() -> None:

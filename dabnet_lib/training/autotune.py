@@ -18,9 +18,10 @@ Adam) of each candidate the recipe allows, on the run's model at the run's crop 
 
 The decision is cached per machine (CPU model and flags, cores, threads, torch version, model,
 classes, crop, batch, candidate set) in ``cache_dir() / "autotune.json"``; a stale or corrupt cache
-is ignored with a warning and re-measured. On CUDA nothing is timed: ``amp="auto"`` is bf16 where
-the GPU computes it natively (compute capability >= 8.0), else fp16 with GradScaler;
-``channels_last="auto"`` is on; ``compile="auto"`` is off.
+is ignored with a warning and re-measured, and timings taken while another process held the cores
+(:data:`BUSY_CPU_SHARE`) choose for the run at hand but are not cached. On CUDA nothing is timed:
+``amp="auto"`` is bf16 where the GPU computes it natively (compute capability >= 8.0), else fp16 with
+GradScaler; ``channels_last="auto"`` is on; ``compile="auto"`` is off.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ MAX_COMPILED = 2
 SIMPLER_MARGIN = 0.03
 #: Timed steps per candidate and round, rounds (candidates interleaved), untimed warm-up steps.
 STEPS_PER_ROUND, ROUNDS, WARMUP_STEPS = 2, 2, 2
+#: Below this share of the timed rounds' wall time x threads spent running this process's threads, another
+#: process held the cores while timing (measured on a 2-core Xeon: 0.50 beside two busy training runs): the choice
+#: is used for the run but not cached, as timings taken on a busy machine rank candidates arbitrarily.
+BUSY_CPU_SHARE = 0.75
 CACHE_FORMAT = 1
 
 
@@ -226,6 +231,7 @@ class StepTimer:
         self.runners: dict[Candidate, Callable[[], None]] = {}
         self.seconds: dict[Candidate, float] = {}
         self.steps: dict[Candidate, int] = {}
+        self.wall_x_threads = self.cpu_seconds = 0.0  # all timed rounds, for cpu_share()
 
     def add(self, c: Candidate) -> float:
         cpu = torch.device("cpu")
@@ -253,11 +259,19 @@ class StepTimer:
 
     def time_round(self) -> None:
         for c, step in self.runners.items():
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             for _ in range(STEPS_PER_ROUND):
                 step()
-            self.seconds[c] += time.perf_counter() - t
+            wall = time.perf_counter() - t
+            self.seconds[c] += wall
             self.steps[c] += STEPS_PER_ROUND
+            self.cpu_seconds += time.process_time() - cpu
+            self.wall_x_threads += wall * torch.get_num_threads()
+
+    def cpu_share(self) -> float | None:
+        """CPU time of this process / (wall time x intra-op threads) over the timed rounds, 0..~1 (1: the
+        threads ran the whole time; much less: another process held the cores); None before any round."""
+        return self.cpu_seconds / self.wall_x_threads if self.wall_x_threads > 0 else None
 
     def images_per_s(self, c: Candidate) -> float:
         return self.steps[c] * self.batch / self.seconds[c]
@@ -464,7 +478,8 @@ def choose(
         f"(once per machine; cached in {path})"
     )
     start = time.perf_counter()
-    rows = measure(valid, timer or StepTimer(num_classes, cfg, crop, batch, fast_ops), log)
+    timing = timer or StepTimer(num_classes, cfg, crop, batch, fast_ops)
+    rows = measure(valid, timing, log)
     best = pick(rows)
     if best is None:
         raise RuntimeError(
@@ -481,7 +496,13 @@ def choose(
         key,
         fast_ops,
     )
-    if use_cache:
+    share = timing.cpu_share()
+    if share is not None and share < BUSY_CPU_SHARE:
+        log(
+            f"autotune: the machine was busy while timing (this process ran {share:.0%} of its {threads} threads' "
+            "time): the choice is used for this run but not cached; it is measured again next time"
+        )
+    elif use_cache:
         store_choice(path, key, choice)
     return choice
 
