@@ -350,3 +350,19 @@ def test_the_table_names_the_compared_seeds_when_the_reference_has_noise_study_s
     assert tables.seeds == (0, 1)
     t = tables.table.set_index("variant")
     assert t.loc["paper", "seeds"] == 4 and t.loc["local_only", "n_paired"] == 2
+
+
+def test_committed_units_match_todays_ablation_recipe_and_training_code() -> None:
+    """The profile may move on (issue #11); the committed unit files stay comparable (UNIT_RECIPE_PINS)."""
+    from dabnet_lib.workbook.ablation_units import read_units, training_code_digest, unit_flags
+
+    units_dir = Path(__file__).resolve().parents[1] / "reports" / "ablations"
+    sweep = Sweep("camvid", "cpu", Path("unused"), units_dir, Path("unused"))
+    records = read_units(units_dir)
+    assert len(records) >= 30
+    code = training_code_digest()
+    for rec in records:
+        expected = A.VARIANTS[rec["variant"]][0].to_dict()
+        assert unit_flags(rec, expected, sweep.fingerprint(), code) == [], rec["variant"]
+    pinned = A.ablation_recipe("camvid", "cpu")
+    assert all(getattr(pinned, k) == v for k, v in A.UNIT_RECIPE_PINS[("camvid", "cpu")].items())

@@ -42,6 +42,7 @@ def test_smoke_and_cpu_profiles_are_budgeted() -> None:
     assert smoke.train_split == "train" and smoke.val_every == 1
     cpu = get_recipe("camvid", "cpu")
     assert cpu.minutes is None and cpu.train_split == "trainval" and cpu.base_scale < 1  # iterations, not minutes
+    assert cpu.fused_optimizer and not smoke.fused_optimizer  # the profile takes the fast step; smoke stays exact
 
 
 def test_unknown_dataset_or_profile() -> None:

@@ -16,6 +16,7 @@ import dabnet_lib.training.epoch_loop as epoch_loop
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.model.dabnet import DABNet
 from dabnet_lib.training.recipes import get_recipe
+from dabnet_lib.training.run_builder import build_optimizer
 from dabnet_lib.training.step import GRAD_PROBE_TOLERANCE, train_step, training_layout
 
 
@@ -194,3 +195,36 @@ def test_grad_scaler_skips_are_counted_kept_out_of_the_mean_and_stop_the_run(
     _SkippingScaler.calls = 0
     with pytest.raises(DabnetError, match=r"training diverged: 20 steps in a row .*\(iteration 21\)"):
         engine.fit(recipe.replace(epochs=30), camvid_tiny, tmp_path / "diverged", quiet=True)
+
+
+def _train_four_steps(make_opt: object) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = DABNet(3).train()
+    opt = make_opt(model.parameters())  # type: ignore[operator]
+    gen = torch.Generator().manual_seed(1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for _ in range(4):
+        images, labels = torch.randn(2, 3, 32, 32, generator=gen), torch.randint(0, 3, (2, 32, 32), generator=gen)
+        train_step(model, images, labels, torch.nn.CrossEntropyLoss(), opt, scaler)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_optimizer_runs_all_tensors_at_once_with_the_per_tensor_loops_values(optimizer: str) -> None:
+    recipe = get_recipe("camvid", "paper").replace(optimizer=optimizer, lr=1e-2)
+    assert build_optimizer(recipe, DABNet(3).parameters()).defaults["foreach"] is True
+
+    def loop(params: object) -> torch.optim.Optimizer:  # torch's CPU default: one tensor at a time
+        kw = {"weight_decay": recipe.weight_decay, "foreach": False}
+        if optimizer == "adam":
+            return torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.adam_eps, **kw)  # type: ignore[arg-type]
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, **kw)  # type: ignore[arg-type]
+
+    reference = _train_four_steps(loop)
+    grouped = _train_four_steps(lambda params: build_optimizer(recipe, params))
+    assert all(torch.equal(a, b) for a, b in zip(grouped, reference, strict=True))  # bit for bit
+    fused_recipe = recipe.replace(fused_optimizer=True)
+    assert build_optimizer(fused_recipe, DABNet(3).parameters()).defaults["fused"] is True
+    fused = _train_four_steps(lambda params: build_optimizer(fused_recipe, params))
+    assert max((a - b).abs().max().item() for a, b in zip(fused, reference, strict=True)) < 1e-5

@@ -5,13 +5,15 @@
     tensors and model, ``num_workers=4`` (its default), and a learning-rate scheduler object built
     anew every iteration to set the warm-up/poly lr by hand.
 (b) this engine: the split decoded once into RAM, :class:`TrainTransform` with per-sample seeds,
-    :func:`step.train_step` and a persistent :class:`WarmupPolyLR` (in-process augmentation by
-    default), trained as one or more :class:`~dabnet_lib.training.autotune.Candidate` (fp32 or bf16, NCHW or
-    channels_last, eager or compiled). ``dabnet bench-train`` times what the ``cpu`` profile's
-    ``"auto"`` picks on this machine; ``--sweep`` times every candidate.
+    :func:`step.train_step`, the profile's optimizer (torch's fused Adam) and a persistent
+    :class:`WarmupPolyLR` (in-process augmentation by default), trained as one or more
+    :class:`~dabnet_lib.training.autotune.Candidate` (fp32 or bf16, NCHW or channels_last, eager or
+    compiled). ``dabnet bench-train`` times what the ``cpu`` profile's ``"auto"`` picks on this machine;
+    ``--sweep`` times every candidate.
 
-Both train the same DABNet (same init, Adam, class-weighted CE with the same weights) on CamVid
-``train`` crops of ``input_size`` at batch ``batch_size``, data loading included, alternating in
+Both train the same DABNet (same init, Adam (for (a) torch's CPU default: one tensor at a time),
+class-weighted CE with the same weights) on CamVid ``train`` crops of ``input_size`` at batch
+``batch_size``, data loading included, alternating in
 rounds (see :func:`bench_train`). Decoding the split once for (b) is timed separately.
 """
 
@@ -40,6 +42,8 @@ from ..model.fast_ops import use_fast_ops
 from ..training import distributed as D
 from ..training.autotune import Candidate
 from ..training.losses import build_loss
+from ..training.recipes import get_recipe
+from ..training.run_builder import build_optimizer
 from ..training.schedule import WarmupPolyLR, lr_factor
 from ..training.step import autocast_dtype, train_step, training_layout
 
@@ -146,7 +150,7 @@ def _engine_loop(
     plan = training_layout(c.channels_last, amp_dtype, cpu)
     torch.manual_seed(seed)
     model = use_fast_ops(to_memory_format(DABNet(info.num_classes), plan.memory_format).train(), fast_ops)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=2e-4)
+    opt = build_optimizer(get_recipe("camvid", "cpu").replace(lr=1e-3), model.parameters())  # as the profile
     step_model = plan.compile(model) if c.compile else model
     sched = WarmupPolyLR(opt, total, 500, 1 / 3, 0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)

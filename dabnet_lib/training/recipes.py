@@ -123,6 +123,7 @@ class Recipe:
     channels_last: bool | str = True  # or "auto": measured on CPU (dabnet_lib.training.autotune)
     amp: str = "auto"  # auto: CUDA bf16 where native, else fp16 + GradScaler; CPU measured
     sync_bn: bool = False
+    fused_optimizer: bool = False  # one fused kernel for the whole optimizer step (see build_optimizer)
     compile: bool | str = False  # or "auto": measured on CPU
     fast_ops: bool | str = "auto"  # exact fast CPU backward ops (dabnet_lib.model.fast_ops); auto: on CPU
 
@@ -281,7 +282,7 @@ def _check(name: str, value: Any) -> Any:
         return _size(name, value, optional=name == "final_crop_size")
     if name in ("channels_last", "compile", "fast_ops") and value == "auto":
         return value
-    if name in ("mirror", "channels_last", "sync_bn", "compile", "fast_ops"):
+    if name in ("mirror", "channels_last", "sync_bn", "compile", "fast_ops", "fused_optimizer"):
         if not isinstance(value, bool):
             _fail(
                 name,
@@ -343,7 +344,8 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
       resolution (see :func:`~dabnet_lib.training.eta.final_stage_start` for the exact iteration); no validation
       inside the budget (val is part of trainval); the result is last.pt, scored on test by
       ``dabnet test``. Precision, layout and torch.compile are ``"auto"``: measured on the running
-      machine (:mod:`dabnet_lib.training.autotune`). ``minutes`` stays available as an optional time box.
+      machine (:mod:`dabnet_lib.training.autotune`); the optimizer step is torch's fused kernel.
+      ``minutes`` stays available as an optional time box.
     """
     base = paper_recipe(dataset)
     if profile == "paper":
@@ -369,7 +371,13 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
             compile=False,
         )
     if profile == "cpu":
-        auto: dict[str, Any] = {"amp": "auto", "channels_last": "auto", "compile": "auto", "device": "cpu"}
+        auto: dict[str, Any] = {
+            "amp": "auto",
+            "channels_last": "auto",
+            "compile": "auto",
+            "device": "cpu",
+            "fused_optimizer": True,
+        }
         if dataset == "camvid":
             return base.replace(
                 profile="cpu",

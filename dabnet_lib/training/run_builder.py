@@ -176,12 +176,19 @@ def build_networks(
 
 
 def build_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
-    """Adam (betas, eps) or SGD with momentum, at the recipe's lr and weight decay."""
+    """Adam (betas, eps) or SGD with momentum, at the recipe's lr and weight decay.
+
+    The step runs over all parameter tensors at once: with ``recipe.fused_optimizer`` as torch's fused
+    kernel (on a 2-core Xeon, DABNet's 273 tensors: 30.8 vs 134.6 ms per Adam step on a busy machine; not
+    bit-identical to the per-tensor loop, ~7e-9 apart after 5 steps), else as the ``foreach`` kernels,
+    which give the per-tensor loop's values bit for bit (tested) and are faster on CPU, where torch's
+    default is the per-tensor loop."""
+    impl: dict[str, Any] = {"fused": True} if recipe.fused_optimizer else {"foreach": True}
     if recipe.optimizer == "adam":
         return torch.optim.Adam(
-            params, lr=recipe.lr, betas=recipe.betas, eps=recipe.adam_eps, weight_decay=recipe.weight_decay
+            params, lr=recipe.lr, betas=recipe.betas, eps=recipe.adam_eps, weight_decay=recipe.weight_decay, **impl
         )
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, **impl)
 
 
 def build_scheduler(

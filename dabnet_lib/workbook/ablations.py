@@ -56,6 +56,13 @@ NOISE_BUDGETS: dict[str, tuple[int, ...]] = {"smoke": (2, 4), "cpu": (300, 600),
 NOISE_SEEDS: dict[str, tuple[int, ...]] = {"smoke": (0, 1), "cpu": (0, 1, 2, 3), "paper": ()}
 #: Warm-up as a share of an iteration budget (the lr then anneals to 0 at the budget's last iteration).
 WARMUP_FRACTION = 0.05
+#: Recipe values the committed unit files (reports/ablations/) were trained with, per (dataset, profile), kept
+#: when the profile itself moves on (issue #11 tunes the CamVid ``cpu`` profile's training) so that those units
+#: keep their recipe fingerprint and stay comparable: the ablation table asks which architecture knob matters,
+#: under one fixed training recipe.
+UNIT_RECIPE_PINS: dict[tuple[str, str], dict[str, Any]] = {
+    ("camvid", "cpu"): {"lr": 1e-3, "base_scale": 0.5, "loss": "ce", "fused_optimizer": False},
+}
 
 
 def check_variants(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -73,7 +80,8 @@ def ablation_recipe(dataset: str, profile: str, iters: int | None = None, **over
     poly schedule ending at lr 0 on its last iteration, no wall-clock limit, no final full-resolution
     stage (4x per step), fp32 eager (the same numbers on every CPU, so that units from different machines
     pair; a cold torch.compile per run would dominate short budgets) and a fixed thread count (all cores
-    unless overridden), so that machine load changes the minutes, never what is trained."""
+    unless overridden), so that machine load changes the minutes, never what is trained; and the
+    :data:`UNIT_RECIPE_PINS` of the committed units."""
     base = get_recipe(dataset, profile)
     budget = ABLATION_ITERS.get(profile) if iters is None else iters
     changes: dict[str, Any] = {
@@ -95,6 +103,7 @@ def ablation_recipe(dataset: str, profile: str, iters: int | None = None, **over
         )
     if base.threads == "auto":
         changes["threads"] = None
+    changes.update(UNIT_RECIPE_PINS.get((dataset, profile), {}))
     changes.update(overrides)
     return base.replace(**changes)
 
