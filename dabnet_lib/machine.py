@@ -1,6 +1,6 @@
-"""What machine this is: the CPU's model name and instruction-set flags, and whether it has bf16
-arithmetic units. Measured numbers name their hardware with these; the training autotuner keys
-its cache on them."""
+"""What machine this is: the CPU's model name and instruction-set flags, whether it has bf16
+arithmetic units, and when a measurement shared it with another process (:data:`BUSY_CPU_SHARE`).
+Measured numbers name their hardware with these; the training autotuner keys its cache on them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported only by the functions that need it
     import torch
+
+#: A process's CPU time / (wall time x its intra-op threads) below this means another process held the cores
+#: meanwhile (2-core Sapphire Rapids, 2 threads, training steps: 1.00 alone, 0.50 beside two training runs).
+BUSY_CPU_SHARE = 0.75
 
 #: /proc/cpuinfo flags of CPUs that compute bf16 in hardware (AVX512-BF16 dot products, AMX tiles).
 #: Without one of them PyTorch emulates bf16 convolutions in fp32 and converts: several times slower.

@@ -250,6 +250,27 @@ def test_thread_tuner_keeps_the_faster_thread_count() -> None:
         torch.set_num_threads(before)
 
 
+def test_thread_tuner_skips_trials_while_its_threads_have_the_cores_to_themselves() -> None:
+    from dabnet_lib.training.distributed import ThreadTuner
+
+    before = torch.get_num_threads()
+    try:
+        tuner = ThreadTuner((1, 2), period=10, probe=3)
+        used = []
+        for _ in range(40):  # quiet: both threads run the whole iteration (CPU time = 2 x wall)
+            used.append(torch.get_num_threads())
+            tuner.record(0.5, 1.0)
+        assert used == [2] * 40 and tuner.skipped_trials == 4 and tuner.switches == 0
+        tuner = ThreadTuner((1, 2), period=10, probe=3)
+        used = []
+        for _ in range(40):  # busy: the two threads get one core between them; one thread alone is faster
+            used.append(torch.get_num_threads())
+            tuner.record(*((1.0, 1.0) if used[-1] == 2 else (0.3, 0.3)))
+        assert tuner.current == 1 and used.count(1) >= 25 and tuner.skipped_trials == 0
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_publish_weights_is_small_and_loads(tmp_path: Path) -> None:
     model = DABNet(11)
     opt = torch.optim.Adam(model.parameters())

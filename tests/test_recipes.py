@@ -41,7 +41,8 @@ def test_smoke_and_cpu_profiles_are_budgeted() -> None:
     assert smoke.max_images is not None and smoke.max_images <= 16 and smoke.epochs <= 2
     assert smoke.train_split == "train" and smoke.val_every == 1
     cpu = get_recipe("camvid", "cpu")
-    assert cpu.minutes is None and cpu.train_split == "trainval" and cpu.base_scale < 1  # iterations, not minutes
+    assert cpu.minutes is None and cpu.train_split == "trainval"  # iterations, not minutes
+    assert cpu.crop_size == (180, 240) and cpu.final_crop_size == (360, 480) and cpu.final_fraction > 0
     assert cpu.fused_optimizer and not smoke.fused_optimizer  # the profile takes the fast step; smoke stays exact
 
 

@@ -19,7 +19,8 @@ Adam) of each candidate the recipe allows, on the run's model at the run's crop 
 The decision is cached per machine (CPU model and flags, cores, threads, torch version, model,
 classes, crop, batch, candidate set) in ``cache_dir() / "autotune.json"``; a stale or corrupt cache
 is ignored with a warning and re-measured, and timings taken while another process held the cores
-(:data:`BUSY_CPU_SHARE`) choose for the run at hand but are not cached. On CUDA nothing is timed:
+(:data:`~dabnet_lib.machine.BUSY_CPU_SHARE`) choose for the run at hand but are not cached: on a busy
+machine they rank candidates arbitrarily. On CUDA nothing is timed:
 ``amp="auto"`` is bf16 where the GPU computes it natively (compute capability >= 8.0), else fp16 with
 GradScaler; ``channels_last="auto"`` is on; ``compile="auto"`` is off.
 """
@@ -43,7 +44,7 @@ from torch import nn
 from ..atomic_files import write_bytes_atomic
 from ..devices import cuda_bf16_native, to_memory_format
 from ..errors import first_line
-from ..machine import cpu_flags, cpu_name, has_bf16_units
+from ..machine import BUSY_CPU_SHARE, cpu_flags, cpu_name, has_bf16_units
 from ..model.dabnet import DABNet, DABNetConfig
 from ..model.fast_ops import use_fast_ops
 from .step import GRAD_PROBE_TOLERANCE, bf16_channels_last_grad_error, train_step, training_layout
@@ -56,10 +57,6 @@ MAX_COMPILED = 2
 SIMPLER_MARGIN = 0.03
 #: Timed steps per candidate and round, rounds (candidates interleaved), untimed warm-up steps.
 STEPS_PER_ROUND, ROUNDS, WARMUP_STEPS = 2, 2, 2
-#: Below this share of the timed rounds' wall time x threads spent running this process's threads, another
-#: process held the cores while timing (measured on a 2-core Xeon: 0.50 beside two busy training runs): the choice
-#: is used for the run but not cached, as timings taken on a busy machine rank candidates arbitrarily.
-BUSY_CPU_SHARE = 0.75
 CACHE_FORMAT = 1
 
 

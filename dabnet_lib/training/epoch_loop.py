@@ -183,6 +183,7 @@ def train_one_epoch(loop: EpochLoop, bar: tqdm) -> tuple[str | None, bool]:
     run.sampler.set_epoch(state.epoch, skip=state.position * run.data.batch)
     stop: str | None = None
     t_epoch = t_last = time.perf_counter()
+    cpu_last = time.process_time()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     loss_n = 0
     every = HOST_SYNC_EVERY.get(device.type, 1)
@@ -205,9 +206,9 @@ def train_one_epoch(loop: EpochLoop, bar: tqdm) -> tuple[str | None, bool]:
         loop.events.iteration(loop.iteration_info(loss, applied, images.shape[0] * world))
         loop.eta_tick()
         if loop.tuner is not None:
-            now = time.perf_counter()
-            loop.tuner.record(now - t_last)
-            t_last = now
+            now, cpu_now = time.perf_counter(), time.process_time()
+            loop.tuner.record(now - t_last, cpu_now - cpu_last)
+            t_last, cpu_last = now, cpu_now
         stop = _after_step(loop, bar, last or state.iteration % every == 0, loss_sum, loss_n)
         if stop or state.position >= per_epoch:
             break
