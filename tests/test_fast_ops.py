@@ -105,6 +105,7 @@ def test_prelu_matches_stock_including_zeros(slopes: int, channels_last: bool) -
     assert _rel(got["weight"], ref["weight"]) < 1e-5
 
 
+@pytest.mark.slow  # inductor builds the fused kernel (about 45 s cold)
 @pytest.mark.parametrize(
     ("dtype", "channels_last", "slopes"),
     [(torch.float32, False, 7), (torch.float32, True, 7), (torch.float32, False, 1), (torch.bfloat16, False, 7)],
