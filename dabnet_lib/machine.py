@@ -16,6 +16,13 @@ if TYPE_CHECKING:  # torch is imported only by the functions that need it
 #: meanwhile (2-core Sapphire Rapids, 2 threads, training steps: 1.00 alone, 0.50 beside two training runs).
 BUSY_CPU_SHARE = 0.75
 
+
+def cpu_share(cpu_seconds: float, wall_seconds: float, threads: int) -> float | None:
+    """This process's CPU time / (wall time x ``threads``), 0..~1 (1: every thread ran the whole time; below
+    :data:`BUSY_CPU_SHARE`: another process held the cores); None when no wall time was measured."""
+    return cpu_seconds / (wall_seconds * threads) if wall_seconds > 0 and threads > 0 else None
+
+
 #: /proc/cpuinfo flags of CPUs that compute bf16 in hardware (AVX512-BF16 dot products, AMX tiles).
 #: Without one of them PyTorch emulates bf16 convolutions in fp32 and converts: several times slower.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

@@ -44,7 +44,7 @@ from torch import nn
 from ..atomic_files import write_bytes_atomic
 from ..devices import cuda_bf16_native, to_memory_format
 from ..errors import first_line
-from ..machine import BUSY_CPU_SHARE, cpu_flags, cpu_name, has_bf16_units
+from ..machine import BUSY_CPU_SHARE, cpu_flags, cpu_name, cpu_share, has_bf16_units
 from ..model.dabnet import DABNet, DABNetConfig
 from ..model.fast_ops import use_fast_ops
 from .step import GRAD_PROBE_TOLERANCE, bf16_channels_last_grad_error, train_step, training_layout
@@ -228,7 +228,7 @@ class StepTimer:
         self.runners: dict[Candidate, Callable[[], None]] = {}
         self.seconds: dict[Candidate, float] = {}
         self.steps: dict[Candidate, int] = {}
-        self.wall_x_threads = self.cpu_seconds = 0.0  # all timed rounds, for cpu_share()
+        self.wall_seconds = self.cpu_seconds = 0.0  # all timed rounds, for cpu_share()
 
     def add(self, c: Candidate) -> float:
         cpu = torch.device("cpu")
@@ -263,12 +263,11 @@ class StepTimer:
             self.seconds[c] += wall
             self.steps[c] += STEPS_PER_ROUND
             self.cpu_seconds += time.process_time() - cpu
-            self.wall_x_threads += wall * torch.get_num_threads()
+            self.wall_seconds += wall
 
     def cpu_share(self) -> float | None:
-        """CPU time of this process / (wall time x intra-op threads) over the timed rounds, 0..~1 (1: the
-        threads ran the whole time; much less: another process held the cores); None before any round."""
-        return self.cpu_seconds / self.wall_x_threads if self.wall_x_threads > 0 else None
+        """:func:`~dabnet_lib.machine.cpu_share` of the timed rounds at torch's thread count; None before any."""
+        return cpu_share(self.cpu_seconds, self.wall_seconds, torch.get_num_threads())
 
     def images_per_s(self, c: Candidate) -> float:
         return self.steps[c] * self.batch / self.seconds[c]

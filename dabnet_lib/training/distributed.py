@@ -28,7 +28,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..data.datasets import SegmentationDataset
 from ..errors import DabnetError
-from ..machine import BUSY_CPU_SHARE
+from ..machine import BUSY_CPU_SHARE, cpu_share
 from .metrics import ConfusionMatrix
 from .validation import evaluate
 
@@ -309,9 +309,8 @@ class ThreadTuner:
 
     def _uncontended(self) -> bool:
         """The recent iterations' CPU time says every thread ran the whole time (no other process held a core)."""
-        wall = sum(self.recent) * self.current
-        known = len(self.recent_cpu) == len(self.recent) > 0 and wall > 0
-        return known and sum(self.recent_cpu) / wall >= BUSY_CPU_SHARE
+        share = cpu_share(sum(self.recent_cpu), sum(self.recent), self.current)
+        return len(self.recent_cpu) == len(self.recent) and share is not None and share >= BUSY_CPU_SHARE
 
     def reset(self) -> None:
         """Forget the timings (the work per iteration changed, e.g. a new resolution): probe again soon."""

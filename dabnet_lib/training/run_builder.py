@@ -179,9 +179,9 @@ def build_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
     """Adam (betas, eps) or SGD with momentum, at the recipe's lr and weight decay.
 
     The step runs over all parameter tensors at once: with ``recipe.fused_optimizer`` as torch's fused
-    kernel (DABNet's 273 tensors on a quiet 2-core Sapphire Rapids, 2 threads: 2.9 ms per Adam step against
-    13.1 for torch's CPU default, the per-tensor loop; not bit-identical to it, ~7e-9 apart after 5 steps),
-    else as the ``foreach`` kernels (10.7 ms), which give the per-tensor loop's values bit for bit (tested)."""
+    kernel (DABNet's 273 tensors on a quiet 2-core Sapphire Rapids, 2 threads, ``scripts/measure_cpu_step_parts.py``:
+    3.3 ms per Adam step against 15.6 for torch's CPU default, the per-tensor loop; not bit-identical to it),
+    else as the ``foreach`` kernels (10.0 ms), which give the per-tensor loop's values bit for bit (tested)."""
     impl: dict[str, Any] = {"fused": True} if recipe.fused_optimizer else {"foreach": True}
     if recipe.optimizer == "adam":
         return torch.optim.Adam(
