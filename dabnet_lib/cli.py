@@ -253,6 +253,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     from .model.dabnet import DABNetConfig
     from .model.fast_ops import fast_ops_rule
     from .training.autotune import Candidate, candidate_space, choose
+    from .training.recipes import get_recipe
     from .training.step import bf16_channels_last_grad_error
 
     onoff: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
@@ -278,6 +279,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
             torch.get_num_threads(),
             log=lambda m: print(m, flush=True),
             fast_ops=fast,
+            bn_prelu=get_recipe("camvid", "cpu").fused_bn_prelu,
         )
         if not args.json:
             print("\n".join(choice.describe()), flush=True)
@@ -684,6 +686,12 @@ def _add_bench_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--iters", type=int, default=3, help="timed steps per model and round (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first (default 2)")
+    p.add_argument(
+        "--no-bn-prelu",
+        dest="bn_prelu",
+        action="store_false",
+        help="fast ops without the fused BN+PReLU (the recipe field fused_bn_prelu; on in the cpu profile)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -698,7 +706,15 @@ def _run_bench_ops(args: argparse.Namespace) -> int:
         if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             raise DabnetError("--amp bf16: this CPU has no bf16 units (oneDNN reports no bf16 support): use --amp off")
     result = bench_fast_ops(
-        args.input_size, args.batch, args.threads, args.amp, args.channels_last, args.rounds, args.iters, args.warmup
+        args.input_size,
+        args.batch,
+        args.threads,
+        args.amp,
+        args.channels_last,
+        args.rounds,
+        args.iters,
+        args.warmup,
+        bn_prelu=args.bn_prelu,
     )
     print(json.dumps(result) if args.json else format_bench_ops(result))
     return 0

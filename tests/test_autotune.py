@@ -185,6 +185,21 @@ def test_cache_is_invalidated_by_torch_cpu_or_crop(change: str, monkeypatch: pyt
     assert _choose(timer, crop=crop).source == "measured" and timer.built
 
 
+def test_cache_tells_the_fused_bn_prelu_apart_and_keeps_older_keys(cache_in_tmp: Path) -> None:
+    """Timings with the fused BN+PReLU are their own entry; without it the key is the one cached before it existed."""
+    from dabnet_lib.training.autotune import cache_key
+
+    cands = [Candidate("off", True, False), Candidate("off", True, True)]
+    plain = cache_key(cands, 11, DABNetConfig(), (180, 240), 8, 2, fast_ops=True)
+    assert "bn_prelu" not in plain and cache_key(cands, 11, DABNetConfig(), (180, 240), 8, 2, True, False) == plain
+    assert cache_key(cands, 11, DABNetConfig(), (180, 240), 8, 2, True, True) == {**plain, "bn_prelu": True}
+    _choose(FakeTimer(ALL), fast_ops=True)
+    timer = FakeTimer(ALL)
+    assert _choose(timer, fast_ops=True, bn_prelu=True).source == "measured" and timer.built
+    assert _choose(FakeTimer({}), fast_ops=True, bn_prelu=True).source == "cache"
+    assert _choose(FakeTimer({}), fast_ops=True).source == "cache"
+
+
 def test_corrupt_cache_warns_and_measures_again(cache_in_tmp: Path) -> None:
     cache_in_tmp.parent.mkdir(parents=True)
     cache_in_tmp.write_text("{not json")
@@ -305,6 +320,26 @@ def test_training_uses_the_fast_cpu_ops_by_rule_and_records_it(
     summary = fit(recipe, camvid_tiny, tmp_path / "run", quiet=True)
     assert summary["training_choice"]["fast_ops"] is expected
     assert ("fast CPU ops" in "\n".join(autotune.choice_lines(summary["training_choice"]))) is expected
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_fuses_bn_prelu_as_the_recipe_says(
+    fused: bool, camvid_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dabnet_lib.model.fast_ops import FastBNPReLU, use_fast_ops
+    from dabnet_lib.training import run_builder
+    from dabnet_lib.training.engine import fit
+
+    built: list[torch.nn.Module] = []
+
+    def recording(model: torch.nn.Module, enabled: bool = True, bn_prelu: bool = False) -> torch.nn.Module:
+        built.append(use_fast_ops(model, enabled, bn_prelu))
+        return built[-1]
+
+    monkeypatch.setattr(run_builder, "use_fast_ops", recording)
+    fit(get_recipe("camvid", "smoke").replace(epochs=1, fused_bn_prelu=fused), camvid_tiny, tmp_path / "r", quiet=True)
+    assert len(built) == 1
+    assert sum(type(m) is FastBNPReLU for m in built[0].modules()) == (71 if fused else 0)
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,9 @@ def test_a_tiny_bench_times_both_models_interleaved_and_restores_threads() -> No
     assert [len(result["times_ms"][name]) for name in ("stock", "fast")] == [4, 4]
     assert result["stock_ms"] > 0 and result["fast_ms"] > 0
     assert result["ratio"] == pytest.approx(result["stock_ms"] / result["fast_ms"])
-    assert result["fast_ops"] == count_fast_ops(use_fast_ops(DABNet(11)))
+    assert result["fast_ops"] == count_fast_ops(use_fast_ops(DABNet(11), bn_prelu=True))
+    assert result["fast_ops"]["bn_prelu"] == 71  # by default the fast model fuses BN+PReLU, as the cpu profile
+    assert bench_fast_ops(**TINY, bn_prelu=False)["fast_ops"]["bn_prelu"] == 0  # type: ignore[arg-type]
     assert result["fast_ops"]["custom_backward"] > 0  # the dilated convolutions did get the written-out backward
     assert result["target"] == TRAIN_STEP_TARGET and result["input_size"] == (32, 48)
 
@@ -36,7 +38,7 @@ def _result(ratio: float) -> dict:
         "channels_last": False,
         "torch": "2.13.0+cpu",
         "cpu": "some CPU",
-        "fast_ops": {"fast": 18, "custom_backward": 14, "prelu": 20},
+        "fast_ops": {"fast": 18, "custom_backward": 14, "prelu": 20, "bn_prelu": 20},
         "stock_ms": 100.0 * ratio,
         "fast_ms": 100.0,
         "ratio": ratio,

@@ -1,6 +1,8 @@
 """dabnet_lib.model.fast_ops: the fast depth-wise conv and PReLU equal the stock ops (forward and every
 gradient), per op and for every DABNetConfig that test_model sweeps, in fp32 and bf16 autocast,
-NCHW and channels_last, eager and compiled; state-dict keys and official logits unchanged."""
+NCHW and channels_last, eager and compiled; the fused BN+PReLU equals the stock pair within fp32 rounding
+(outputs, gradients, running statistics) and keeps the stock path wherever it does not apply; state-dict keys
+and official logits unchanged."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch
 from torch import nn
 
 from dabnet_lib.model import fast_ops
-from dabnet_lib.model.dabnet import DABNet, DABNetConfig, load_weights
+from dabnet_lib.model.dabnet import BNPReLU, DABNet, DABNetConfig, load_weights
 from dabnet_lib.model.fast_ops import (
+    FastBNPReLU,
     FastDepthwiseConv2d,
     FastPReLU,
     count_fast_ops,
@@ -259,11 +262,13 @@ def test_swap_keeps_parameters_keys_and_reverts() -> None:
     use_fast_ops(model)
     counts = count_fast_ops(model)
     # paper net: 9 DAB modules x 4 depth-wise branch convs (half dilated) and 71 PReLUs
-    assert counts == {"fast": 36, "custom_backward": 18, "prelu": 71, "eligible_stock": 0}
+    assert counts == {"fast": 36, "custom_backward": 18, "prelu": 71, "bn_prelu": 0, "eligible_stock": 0}
     assert [id(p) for p in model.parameters()] == params and list(model.state_dict()) == keys
+    use_fast_ops(model, bn_prelu=True)  # every BN+PReLU pair of the paper net
+    assert count_fast_ops(model)["bn_prelu"] == 71 and list(model.state_dict()) == keys
     use_fast_ops(model, enabled=False)
     assert count_fast_ops(model)["fast"] == 0 and count_fast_ops(model)["eligible_stock"] == 36 + 71
-    assert not any(isinstance(m, (FastDepthwiseConv2d, FastPReLU)) for m in model.modules())
+    assert not any(isinstance(m, (FastDepthwiseConv2d, FastPReLU, FastBNPReLU)) for m in model.modules())
 
 
 def test_standard_branch_convs_are_left_alone() -> None:
@@ -294,3 +299,110 @@ def test_compiles_without_graph_breaks() -> None:
     assert got.keys() == ref.keys()
     for key in ref:
         assert _rel(got[key], ref[key]) < 1e-5, key
+
+
+# --------------------------------------------------------------------------- fused BN+PReLU
+
+
+def _bn_prelu_pair(channels: int = 6) -> tuple[BNPReLU, BNPReLU]:
+    """A stock BNPReLU with non-trivial affine weights and slopes, and its fused copy."""
+    torch.manual_seed(0)
+    stock = BNPReLU(channels)
+    with torch.no_grad():
+        stock.bn.weight.uniform_(0.5, 1.5)
+        stock.bn.bias.normal_()
+        stock.acti.weight.uniform_(-0.2, 0.6)
+    fused = use_fast_ops(copy.deepcopy(stock), bn_prelu=True)
+    assert type(fused) is FastBNPReLU
+    return stock, fused
+
+
+def _two_steps(module: nn.Module, x: torch.Tensor, up: torch.Tensor, amp: bool = False) -> dict[str, torch.Tensor]:
+    """Outputs and gradients of a second training step (the first moved the running statistics), then the buffers."""
+    _run(module, x, up, amp)
+    out = _run(module, x * 0.5 + 0.25, up, amp)
+    return {**out, **{name: b.clone() for name, b in module.named_buffers()}}
+
+
+@pytest.mark.slow  # inductor builds the fused function (about 30 s cold)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_fused_bn_prelu_matches_the_stock_pair(channels_last: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast_ops, "FUSED_BN_PRELU_MIN_ELEMENTS", 0)
+    stock, fused = _bn_prelu_pair()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (torch.randn(4, 6, 17, 23) * 3 + 1).contiguous(memory_format=fmt)
+    up = torch.randn(4, 6, 17, 23).contiguous(memory_format=fmt)
+    ref, got = _two_steps(stock, x, up), _two_steps(fused, x, up)
+    assert fast_ops._fused_bn_prelu not in (None, False)  # the compiled function ran
+    assert got["out"].is_contiguous(memory_format=fmt)
+    assert torch.equal(got["bn.num_batches_tracked"], ref["bn.num_batches_tracked"])
+    assert got["bn.num_batches_tracked"].item() == 2
+    worst = {k: _rel(got[k], ref[k]) for k in ref if k != "bn.num_batches_tracked"}
+    assert max(worst.values()) < 1e-5, worst
+
+
+@pytest.mark.slow  # inductor builds the fused function
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_paper_model_with_fused_bn_prelu_has_stock_precision(
+    channels_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the fp32 test above: every gradient of the fused model within 3x the stock fp32 error against float64."""
+    monkeypatch.setattr(fast_ops, "FUSED_BN_PRELU_MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    stock, x = DABNet(5), torch.randn(2, 3, 32, 48)
+    fused = use_fast_ops(copy.deepcopy(stock), bn_prelu=True)
+    truth = _model_grads(copy.deepcopy(stock).double(), x.double())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    ref = _model_grads(stock.to(memory_format=fmt), x)
+    got = _model_grads(fused.to(memory_format=fmt), x)
+    assert fast_ops._fused_bn_prelu not in (None, False)
+    stock_worst = max(_rel(ref[k], truth[k]) for k in truth)
+    assert stock_worst < 1e-2
+    worse = {k: _rel(got[k], truth[k]) for k in truth if _rel(got[k], truth[k]) > 3 * stock_worst}
+    assert not worse, f"fused gradients farther from float64 than 3x stock's worst {stock_worst:.1e}: {worse}"
+
+
+def test_fused_bn_prelu_keeps_the_stock_path_where_it_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small activations (the default threshold), eval mode, no grad, bf16 autocast and float64: bit for bit the
+    unfused pair (BN, then the fast PReLU that use_fast_ops gives without bn_prelu), and the compiled function is
+    never built."""
+    monkeypatch.setattr(fast_ops, "_fused_bn_prelu", None)
+    stock, fused = _bn_prelu_pair()
+    stock = use_fast_ops(stock)  # the same PReLU module class as in the fused pair
+    assert type(stock) is BNPReLU and type(stock.acti) is FastPReLU
+    x, up = torch.randn(2, 6, 9, 11), torch.randn(2, 6, 9, 11)
+    for amp in (False, True):
+        ref, got = _two_steps(stock, x, up, amp), _two_steps(fused, x, up, amp)
+        for key in ref:
+            assert torch.equal(got[key], ref[key]), key
+    monkeypatch.setattr(fast_ops, "FUSED_BN_PRELU_MIN_ELEMENTS", 0)
+    stock.eval(), fused.eval()
+    assert torch.equal(fused(x), stock(x))
+    stock.train(), fused.train()
+    with torch.no_grad():
+        assert torch.equal(fused(x), stock(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fused(x), stock(x))
+    assert torch.equal(copy.deepcopy(fused).double()(x.double()), copy.deepcopy(stock).double()(x.double()))
+    assert fast_ops._fused_bn_prelu is None
+
+
+def test_fused_bn_prelu_falls_back_when_inductor_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_compiler(*_a: object, **_k: object) -> object:
+        def fail(*_x: object) -> None:
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+        return fail
+
+    monkeypatch.setattr(fast_ops, "_fused_bn_prelu", None)
+    monkeypatch.setattr(fast_ops, "FUSED_BN_PRELU_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    stock, fused = _bn_prelu_pair()
+    x, up = torch.randn(2, 6, 9, 11), torch.randn(2, 6, 9, 11)
+    with pytest.warns(RuntimeWarning, match="fused BN\\+PReLU could not be built"):
+        got = _two_steps(fused, x, up)
+    assert fast_ops._fused_bn_prelu is False  # not retried on every call
+    ref = _two_steps(stock, x, up)
+    for key in ref:
+        assert torch.equal(got[key], ref[key]), key

@@ -44,6 +44,7 @@ def test_smoke_and_cpu_profiles_are_budgeted() -> None:
     assert cpu.minutes is None and cpu.train_split == "trainval"  # iterations, not minutes
     assert cpu.crop_size == (180, 240) and cpu.final_crop_size == (360, 480) and cpu.final_fraction > 0
     assert cpu.fused_optimizer and not smoke.fused_optimizer  # the profile takes the fast step; smoke stays exact
+    assert cpu.fused_bn_prelu and not smoke.fused_bn_prelu and not get_recipe("camvid").fused_bn_prelu
 
 
 def test_unknown_dataset_or_profile() -> None:

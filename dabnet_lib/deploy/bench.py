@@ -149,8 +149,10 @@ def _engine_loop(
     amp_dtype = autocast_dtype(c.amp, cpu)
     plan = training_layout(c.channels_last, amp_dtype, cpu)
     torch.manual_seed(seed)
-    model = use_fast_ops(to_memory_format(DABNet(info.num_classes), plan.memory_format).train(), fast_ops)
-    opt = build_optimizer(get_recipe("camvid", "cpu").replace(lr=1e-3), model.parameters())  # as the profile
+    profile = get_recipe("camvid", "cpu")
+    net = to_memory_format(DABNet(info.num_classes), plan.memory_format).train()
+    model = use_fast_ops(net, fast_ops, bn_prelu=profile.fused_bn_prelu)
+    opt = build_optimizer(profile.replace(lr=1e-3), model.parameters())  # as the profile
     step_model = plan.compile(model) if c.compile else model
     sched = WarmupPolyLR(opt, total, 500, 1 / 3, 0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -194,7 +196,8 @@ def bench_train(
     (a) starts its workers afresh and may use batches they decoded during its untimed iteration, which
     hides part of (a)'s decoding cost: the ratios are conservative. ``max_images`` limits the training
     images (tests); ``threads`` sets torch's intra-op threads for all loops (default: all cores);
-    ``fast_ops`` swaps :mod:`dabnet_lib.model.fast_ops` into every engine loop (as training does on CPU).
+    ``fast_ops`` swaps :mod:`dabnet_lib.model.fast_ops` into every engine loop (as training does on CPU), with
+    the cpu profile's fused BN+PReLU.
     Result: ``official`` and ``engines`` (one dict per candidate, with ``label`` and ``ratio``
     against the official loop); ``ratio`` is the first candidate's.
     """

@@ -57,10 +57,12 @@ def bench_fast_ops(
     iters: int = 3,
     warmup: int = 2,
     num_classes: int = len(CAMVID.classes),
+    bn_prelu: bool = True,
 ) -> dict[str, Any]:
     """Median step time (ms) of the stock and the fast-ops model, ``rounds`` interleaved rounds of
     ``iters`` steps each after ``warmup`` untimed steps per model; ``ratio`` = stock / fast (> 1: the
-    fast ops are faster). amp: ``"off"`` (fp32) or ``"bf16"`` (CPU autocast)."""
+    fast ops are faster). amp: ``"off"`` (fp32) or ``"bf16"`` (CPU autocast). bn_prelu: the fast model also
+    fuses its BN+PReLU pairs (:class:`~dabnet_lib.model.fast_ops.FastBNPReLU`, as the cpu profile trains)."""
     if amp not in ("off", "bf16"):
         raise DabnetError(f"amp must be 'off' or 'bf16', got {amp!r}")
     settings = {"batch": (batch, 1), "threads": (threads, 1), "rounds": (rounds, 1), "iters": (iters, 1)}
@@ -74,7 +76,7 @@ def bench_fast_ops(
         gen = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         stock = DABNet(num_classes).train()
-        fast = use_fast_ops(copy.deepcopy(stock))
+        fast = use_fast_ops(copy.deepcopy(stock), bn_prelu=bn_prelu)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         images = torch.randn(batch, 3, *input_size, generator=gen).contiguous(memory_format=layout)
         labels = torch.randint(0, num_classes + 1, (batch, *input_size), generator=gen)
@@ -126,7 +128,8 @@ def format_bench_ops(result: dict[str, Any]) -> str:
             f"{result['threads']} threads, {precision}, {layout}, torch {result['torch']}",
             f"cpu: {result['cpu']}",
             f"fast ops: {ops['fast']} depth-wise convs swapped, {ops['custom_backward']} of them dilated "
-            f"(written-out backward), {ops['prelu']} PReLUs swapped",
+            f"(written-out backward), {ops['prelu']} PReLUs swapped, {ops['bn_prelu']} BN+PReLU pairs fused "
+            "(on activations >= 2^19 elements)",
             f"stock ops: {result['stock_ms']:.1f} ms/step (median); fast ops: {result['fast_ms']:.1f} ms/step",
             f"fast ops: {ratio:.2f}x the stock ops (target >= {target:.1f}x: {verdict})",
         ]

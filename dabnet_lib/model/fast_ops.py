@@ -22,7 +22,15 @@ On activations of at least :data:`FUSED_PRELU_MIN_ELEMENTS` the element-wise par
 eight tensor reads in four passes) and the slope gradient the same ``sum`` as before, so both gradients are
 bit-identical to the written-out path (tested); smaller tensors, a traced or compiled model, and a machine
 where inductor cannot build (no C++ compiler) keep the written-out path.
-BatchNorm stays stock (not fused: its kernels were not the bottleneck once these two were fixed).
+
+:class:`FastBNPReLU` (opt-in: ``use_fast_ops(..., bn_prelu=True)``, the recipe field ``fused_bn_prelu``) runs a
+training-mode BatchNorm and the PReLU after it as one inductor-compiled function on activations of at least
+:data:`FUSED_BN_PRELU_MIN_ELEMENTS`, so forward and backward each read the activation once instead of once per
+op. Same parameters, buffers and running-statistics update; the values equal the stock pair's within fp32
+rounding (the batch statistics are summed in another order), not bit for bit, hence opt-in. Eval mode,
+autocast, a compiled or traced model and small activations keep the stock pair; where inductor cannot build
+the function, one warning and the stock pair. ``scripts/measure_bn_prelu_fusion.py`` times every BNPReLU of
+DABNet both ways; ``dabnet bench-ops`` the whole training step with it.
 
 :func:`use_fast_ops` swaps the eligible ``nn.Conv2d`` and ``nn.PReLU`` modules of a model in place
 (and back) by changing their class only: the same parameter and buffer objects, the same state-dict keys, so
@@ -38,7 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dabnet import BNPReLU
+
 __all__ = [
+    "FastBNPReLU",
     "FastDepthwiseConv2d",
     "FastPReLU",
     "count_fast_ops",
@@ -241,9 +252,97 @@ class FastPReLU(nn.PReLU):
         return _PReLUFn.apply(x, self.weight)
 
 
-def use_fast_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
+#: Activations with at least this many elements take the fused BN+PReLU function (smaller ones: the compiled
+#: call's fixed cost outweighs the pass it saves; the smoke profile never builds it).
+FUSED_BN_PRELU_MIN_ELEMENTS = 1 << 19
+
+
+def _bn_prelu_train(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    slope: torch.Tensor,
+    momentum: float,
+    eps: float,
+) -> torch.Tensor:
+    """Training-mode ``F.batch_norm`` (updates ``running_mean``/``running_var`` in place) then ``F.prelu``."""
+    return F.prelu(F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps), slope)
+
+
+_fused_bn_prelu: Any = None  # the compiled _bn_prelu_train, built on first use; False: unavailable
+
+
+def _fused_bn_prelu_fn() -> Any:
+    """The compiled :func:`_bn_prelu_train`, or None where inductor cannot build it (warned once)."""
+    global _fused_bn_prelu
+    if _fused_bn_prelu is None:
+        fn = torch.compile(_bn_prelu_train, dynamic=True, fullgraph=True)
+        try:  # build forward and backward once on a small input: a missing toolchain shows here, not mid-step
+            x = torch.randn(2, 3, 4, 5, requires_grad=True)
+            w, b, slope = (torch.full((3,), v, requires_grad=True) for v in (1.0, 0.0, 0.25))
+            fn(x, w, b, torch.zeros(3), torch.ones(3), slope, 0.1, 1e-3).sum().backward()
+            _fused_bn_prelu = fn
+        except Exception as exc:  # noqa: BLE001  (no C++ toolchain, an inductor error: the stock pair is the reference)
+            _disable_fused_bn_prelu(exc)
+    return _fused_bn_prelu or None
+
+
+def _disable_fused_bn_prelu(exc: Exception) -> None:
+    """Switch the fused BN+PReLU off for the rest of the process, with one warning."""
+    global _fused_bn_prelu
+    _fused_bn_prelu = False
+    warnings.warn(
+        f"fast_ops: the fused BN+PReLU could not be built ({type(exc).__name__}: {str(exc)[:120]}); BN and PReLU "
+        "stay separate (the stock values, slower)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+class FastBNPReLU(BNPReLU):
+    """:class:`~dabnet_lib.model.dabnet.BNPReLU` whose CPU training forward (and so backward) is one compiled
+    function on large activations; same children ``bn`` and ``acti``, same state-dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn
+        if (
+            not bn.training
+            or not bn.track_running_stats
+            or bn.momentum is None
+            or bn.running_mean is None
+            or bn.running_var is None
+            or bn.num_batches_tracked is None
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or x.numel() < FUSED_BN_PRELU_MIN_ELEMENTS
+            or not torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")
+            or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+        ):
+            return super().forward(x)
+        fn = _fused_bn_prelu_fn()
+        if fn is None:
+            return super().forward(x)
+        # views: plain tensors to dynamo (a Parameter's shape is compiled as static: one graph per channel count)
+        weight, bias, slope = bn.weight.view(-1), bn.bias.view(-1), self.acti.weight.view(-1)
+        try:
+            y = fn(x, weight, bias, bn.running_mean, bn.running_var, slope, bn.momentum, bn.eps)
+        except Exception as exc:  # noqa: BLE001  (a shape inductor cannot build: the stock pair is the reference)
+            _disable_fused_bn_prelu(exc)
+            return super().forward(x)
+        bn.num_batches_tracked.add_(1)  # as nn.BatchNorm2d's training forward does
+        return y
+
+
+def use_fast_ops(model: nn.Module, enabled: bool = True, bn_prelu: bool = False) -> nn.Module:
     """Swap ``model``'s eligible depth-wise convolutions (:func:`is_eligible`) to
-    :class:`FastDepthwiseConv2d` (``enabled``) or back to ``nn.Conv2d``, in place; returns ``model``.
+    :class:`FastDepthwiseConv2d` and its PReLUs to :class:`FastPReLU` (``enabled``), and with ``bn_prelu`` also
+    its BN+PReLU pairs to :class:`FastBNPReLU`; or all back to the stock modules (``enabled=False``), in place;
+    returns ``model``.
 
     Only the modules' class changes: parameters, buffers, hooks and state-dict keys stay the same
     objects, so checkpoints load either way and an existing optimizer keeps its parameters.
@@ -253,6 +352,8 @@ def use_fast_ops(model: nn.Module, enabled: bool = True) -> nn.Module:
             module.__class__ = FastDepthwiseConv2d
         elif enabled and type(module) is nn.PReLU:
             module.__class__ = FastPReLU
+        elif type(module) in (BNPReLU, FastBNPReLU):
+            module.__class__ = FastBNPReLU if enabled and bn_prelu else BNPReLU
         elif not enabled and type(module) in _STOCK:
             module.__class__ = _STOCK[type(module)]
     return model
@@ -262,14 +363,15 @@ _STOCK: dict[type, type] = {FastDepthwiseConv2d: nn.Conv2d, FastPReLU: nn.PReLU}
 
 
 def count_fast_ops(model: nn.Module) -> dict[str, int]:
-    """``{"fast": swapped convs, "custom_backward": those dilated, "prelu": swapped PReLUs,
-    "eligible_stock": eligible convs and PReLUs not swapped}``."""
+    """``{"fast": swapped convs, "custom_backward": those dilated, "prelu": swapped PReLUs, "bn_prelu": fused
+    BN+PReLU pairs, "eligible_stock": eligible convs and PReLUs not swapped}``."""
     fast = [m for m in model.modules() if type(m) is FastDepthwiseConv2d]
     stock = [m for m in model.modules() if (type(m) is nn.Conv2d and is_eligible(m)) or type(m) is nn.PReLU]
     return {
         "fast": len(fast),
         "custom_backward": sum(uses_custom_backward(m) for m in fast),
         "prelu": sum(type(m) is FastPReLU for m in model.modules()),
+        "bn_prelu": sum(type(m) is FastBNPReLU for m in model.modules()),
         "eligible_stock": len(stock),
     }
 

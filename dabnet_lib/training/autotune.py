@@ -222,9 +222,16 @@ class StepTimer:
     times ``STEPS_PER_ROUND`` steps of every built candidate, :meth:`images_per_s` reads the result."""
 
     def __init__(
-        self, num_classes: int, cfg: DABNetConfig, crop: tuple[int, int], batch: int, fast_ops: bool = False
+        self,
+        num_classes: int,
+        cfg: DABNetConfig,
+        crop: tuple[int, int],
+        batch: int,
+        fast_ops: bool = False,
+        bn_prelu: bool = False,
     ) -> None:
         self.num_classes, self.cfg, self.crop, self.batch, self.fast_ops = num_classes, cfg, crop, batch, fast_ops
+        self.bn_prelu = bn_prelu
         self.runners: dict[Candidate, Callable[[], None]] = {}
         self.seconds: dict[Candidate, float] = {}
         self.steps: dict[Candidate, int] = {}
@@ -237,7 +244,7 @@ class StepTimer:
         gen = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         model = to_memory_format(DABNet(self.num_classes, self.cfg), layout.memory_format).train()
-        use_fast_ops(model, self.fast_ops)
+        use_fast_ops(model, self.fast_ops, bn_prelu=self.bn_prelu)
         run = layout.compile(model) if c.compile else model
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         criterion = nn.CrossEntropyLoss(weight=torch.rand(self.num_classes, generator=gen) + 1.0)
@@ -340,10 +347,12 @@ def cache_key(
     batch: int,
     threads: int,
     fast_ops: bool = False,
+    bn_prelu: bool = False,
 ) -> dict[str, Any]:
-    """Everything a measured choice depends on."""
+    """Everything a measured choice depends on (``bn_prelu`` only when on, so that the keys of runs without it
+    stay those cached before it existed)."""
     flags = " ".join(sorted(cpu_flags()))
-    return {
+    key = {
         "cpu": cpu_name(),
         "cpu_flags_sha1": hashlib.sha1(flags.encode()).hexdigest()[:16],
         "cpu_count": os.cpu_count(),
@@ -356,6 +365,9 @@ def cache_key(
         "candidates": sorted(c.label for c in candidates),
         "fast_ops": fast_ops,
     }
+    if fast_ops and bn_prelu:
+        key["bn_prelu"] = True
+    return key
 
 
 def _digest(key: Mapping[str, Any]) -> str:
@@ -447,12 +459,14 @@ def choose(
     bf16_units: bool | None = None,
     grad_error: Callable[[], float] | None = None,
     fast_ops: bool = False,
+    bn_prelu: bool = False,
 ) -> TrainingChoice:
     """Resolve the recipe's ``amp`` / ``channels_last`` / ``compile`` (each possibly ``"auto"``) for a
     run of ``cfg`` with ``num_classes`` classes at ``crop`` (H, W) and per-process ``batch`` on
     ``device`` with ``threads`` intra-op threads. ``timer``, ``bf16_units`` and ``grad_error``
     replace the measurements (tests). ``fast_ops``: whether the run swaps in
-    :mod:`dabnet_lib.model.fast_ops` (resolved by the caller; timed that way and recorded in the choice)."""
+    :mod:`dabnet_lib.model.fast_ops` (resolved by the caller; timed that way and recorded in the choice);
+    ``bn_prelu``: and their fused BN+PReLU (the recipe's ``fused_bn_prelu``; timed that way)."""
     if device.type == "cuda":
         return _with_fast_ops(_cuda_choice(amp, channels_last, compile, device), fast_ops)
     if "auto" not in (amp, channels_last, compile):
@@ -463,7 +477,7 @@ def choose(
     if len(valid) == 1:
         c = valid[0]
         return TrainingChoice(c.amp, c.channels_last, c.compile, "rule", (*refused, _row(c, "ok")), fast_ops=fast_ops)
-    key = cache_key(valid, num_classes, cfg, crop, batch, threads, fast_ops)
+    key = cache_key(valid, num_classes, cfg, crop, batch, threads, fast_ops, bn_prelu)
     path = cache_dir() / "autotune.json"
     if use_cache:
         hit = cached_choice(path, key)
@@ -474,7 +488,7 @@ def choose(
         f"(once per machine; cached in {path})"
     )
     start = time.perf_counter()
-    timing = timer or StepTimer(num_classes, cfg, crop, batch, fast_ops)
+    timing = timer or StepTimer(num_classes, cfg, crop, batch, fast_ops, bn_prelu)
     rows = measure(valid, timing, log)
     best = pick(rows)
     if best is None:

@@ -127,6 +127,7 @@ class Recipe:
     amp: str = "auto"  # auto: CUDA bf16 where native, else fp16 + GradScaler; CPU measured
     sync_bn: bool = False
     fused_optimizer: bool = False  # one fused kernel for the whole optimizer step (see build_optimizer)
+    fused_bn_prelu: bool = False  # with fast_ops: BN+PReLU as one compiled function on CPU (fast_ops.FastBNPReLU)
     compile: bool | str = False  # or "auto": measured on CPU
     fast_ops: bool | str = "auto"  # exact fast CPU backward ops (dabnet_lib.model.fast_ops); auto: on CPU
 
@@ -285,7 +286,7 @@ def _check(name: str, value: Any) -> Any:
         return _size(name, value, optional=name == "final_crop_size")
     if name in ("channels_last", "compile", "fast_ops") and value == "auto":
         return value
-    if name in ("mirror", "channels_last", "sync_bn", "compile", "fast_ops", "fused_optimizer"):
+    if name in ("mirror", "channels_last", "sync_bn", "compile", "fast_ops", "fused_optimizer", "fused_bn_prelu"):
         if not isinstance(value, bool):
             _fail(
                 name,
@@ -348,7 +349,8 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
       :func:`~dabnet_lib.training.eta.final_stage_start` for the exact iteration); no validation inside
       the budget (val is part of trainval); the result is last.pt, scored on test by ``dabnet test``.
       Precision, layout and torch.compile are ``"auto"``: measured on the running machine
-      (:mod:`dabnet_lib.training.autotune`); the optimizer step is torch's fused kernel.
+      (:mod:`dabnet_lib.training.autotune`); the optimizer step is torch's fused kernel, and an eager step
+      runs each BN+PReLU pair as one compiled function (``fused_bn_prelu``; a compiled model fuses them anyway).
       ``minutes`` stays available as an optional time box.
     """
     base = paper_recipe(dataset)
@@ -381,6 +383,7 @@ def get_recipe(dataset: str, profile: str = "paper") -> Recipe:
             "compile": "auto",
             "device": "cpu",
             "fused_optimizer": True,
+            "fused_bn_prelu": True,
         }
         if dataset == "camvid":
             return base.replace(

@@ -134,6 +134,7 @@ def choose_how_to_train(
             torch.get_num_threads(),
             log=log,
             fast_ops=fast,
+            bn_prelu=recipe.fused_bn_prelu,
         )
     choice = D.broadcast_object(choice, ctx)
     for line in choice.describe():
@@ -159,11 +160,11 @@ def build_networks(
     device: torch.device,
     ctx: D.DistContext,
 ) -> Networks:
-    """DABNet initialised from the recipe's seed, with the chosen fast ops, in the layout's memory format on
-    ``device``; SyncBatchNorm and DDP under torchrun; torch.compile'd lazily (one static graph per crop size,
-    compiled at the first step)."""
+    """DABNet initialised from the recipe's seed, with the chosen fast ops (and the recipe's fused BN+PReLU), in
+    the layout's memory format on ``device``; SyncBatchNorm and DDP under torchrun; torch.compile'd lazily (one
+    static graph per crop size, compiled at the first step)."""
     torch.manual_seed(recipe.seed)
-    net: nn.Module = use_fast_ops(DABNet(info.num_classes, cfg), choice.fast_ops)
+    net: nn.Module = use_fast_ops(DABNet(info.num_classes, cfg), choice.fast_ops, bn_prelu=recipe.fused_bn_prelu)
     if recipe.sync_bn and ctx.enabled:
         if device.type != "cuda":
             raise DabnetError("sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): drop --sync-bn on CPU")

@@ -61,7 +61,7 @@ WARMUP_FRACTION = 0.05
 #: keep their recipe fingerprint and stay comparable: the ablation table asks which architecture knob matters,
 #: under one fixed training recipe.
 UNIT_RECIPE_PINS: dict[tuple[str, str], dict[str, Any]] = {
-    ("camvid", "cpu"): {"lr": 1e-3, "base_scale": 0.5, "loss": "ce", "fused_optimizer": False},
+    ("camvid", "cpu"): {"lr": 1e-3, "base_scale": 0.5, "loss": "ce", "fused_optimizer": False, "fused_bn_prelu": False},
 }
 
 
