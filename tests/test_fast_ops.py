@@ -363,6 +363,33 @@ def test_paper_model_with_fused_bn_prelu_has_stock_precision(
     assert not worse, f"fused gradients farther from float64 than 3x stock's worst {stock_worst:.1e}: {worse}"
 
 
+@pytest.mark.slow  # inductor builds the fused function (once: its channels and sizes are symbolic)
+@pytest.mark.parametrize("cfg", [p.values[0] for p in ablation_params(fast_knobs=99)])
+def test_every_ablation_config_runs_every_bn_prelu_fused(cfg: DABNetConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every BN+PReLU pair of every config is swapped and takes the fused function; train-mode logits equal the
+    stock model's to fp32 tolerance and every parameter gets a finite gradient. (Gradient precision against
+    float64 is the paper-model test above: on some random configs at this size fp32 gradients of the stock
+    model itself are off by more than 100% from float64, so a per-config bound there would test chaos.)"""
+    monkeypatch.setattr(fast_ops, "FUSED_BN_PRELU_MIN_ELEMENTS", 0)
+    calls: list[int] = []
+    build = fast_ops._fused_bn_prelu_fn
+
+    def counting() -> object:
+        calls.append(1)
+        return build()
+
+    monkeypatch.setattr(fast_ops, "_fused_bn_prelu_fn", counting)
+    torch.manual_seed(0)
+    stock, x = DABNet(5, cfg), torch.randn(2, 3, 32, 48)
+    fused = use_fast_ops(copy.deepcopy(stock), bn_prelu=True)
+    pairs = sum(isinstance(m, BNPReLU) for m in stock.modules())
+    assert count_fast_ops(fused)["bn_prelu"] == pairs > 0
+    ref, got = _model_grads(stock, x), _model_grads(fused, x)
+    assert len(calls) == pairs  # one fused call per pair in the forward
+    assert _rel(got["logits"], ref["logits"]) < 1e-4
+    assert all(torch.isfinite(got[k]).all() and got[k].shape == ref[k].shape for k in ref)
+
+
 def test_fused_bn_prelu_keeps_the_stock_path_where_it_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small activations (the default threshold), eval mode, no grad, bf16 autocast and float64: bit for bit the
     unfused pair (BN, then the fast PReLU that use_fast_ops gives without bn_prelu), and the compiled function is

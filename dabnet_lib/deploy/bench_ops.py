@@ -23,7 +23,7 @@ from ..devices import to_memory_format
 from ..errors import DabnetError
 from ..machine import cpu_label
 from ..model.dabnet import DABNet
-from ..model.fast_ops import count_fast_ops, use_fast_ops
+from ..model.fast_ops import FUSED_BN_PRELU_MIN_ELEMENTS, count_fast_ops, use_fast_ops
 
 #: The issue's training-step target: fast ops at least this many times faster than the stock ops.
 TRAIN_STEP_TARGET = 1.3
@@ -129,7 +129,7 @@ def format_bench_ops(result: dict[str, Any]) -> str:
             f"cpu: {result['cpu']}",
             f"fast ops: {ops['fast']} depth-wise convs swapped, {ops['custom_backward']} of them dilated "
             f"(written-out backward), {ops['prelu']} PReLUs swapped, {ops['bn_prelu']} BN+PReLU pairs fused "
-            "(on activations >= 2^19 elements)",
+            f"(on activations >= {FUSED_BN_PRELU_MIN_ELEMENTS:,} elements)",
             f"stock ops: {result['stock_ms']:.1f} ms/step (median); fast ops: {result['fast_ms']:.1f} ms/step",
             f"fast ops: {ratio:.2f}x the stock ops (target >= {target:.1f}x: {verdict})",
         ]
