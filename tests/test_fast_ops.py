@@ -142,16 +142,19 @@ def test_fused_prelu_backward_is_bit_identical_to_the_written_out_one(
         assert torch.equal(fused_run[key], written_run[key]), key
 
 
+def _no_compiler(*_a: object, **_k: object) -> object:
+    """A ``torch.compile`` stand-in whose compiled function fails as on a machine without a C++ toolchain."""
+
+    def fail(*_x: object) -> None:
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    return fail
+
+
 def test_fused_prelu_backward_falls_back_when_inductor_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_compiler(*_a: object, **_k: object) -> object:
-        def fail(*_x: object) -> None:
-            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
-
-        return fail
-
     monkeypatch.setattr(fast_ops, "_fused_prelu_parts", None)
     monkeypatch.setattr(fast_ops, "FUSED_PRELU_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(torch, "compile", _no_compiler)
     x, grad, slope = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5), torch.rand(1, 3, 1, 1)
     with pytest.warns(RuntimeWarning, match="fused PReLU backward could not be built"):
         got = fast_ops._prelu_grad_parts(grad, x, slope)
@@ -416,15 +419,9 @@ def test_fused_bn_prelu_keeps_the_stock_path_where_it_does_not_apply(monkeypatch
 
 
 def test_fused_bn_prelu_falls_back_when_inductor_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_compiler(*_a: object, **_k: object) -> object:
-        def fail(*_x: object) -> None:
-            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
-
-        return fail
-
     monkeypatch.setattr(fast_ops, "_fused_bn_prelu", None)
     monkeypatch.setattr(fast_ops, "FUSED_BN_PRELU_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(torch, "compile", _no_compiler)
     stock, fused = _bn_prelu_pair()
     x, up = torch.randn(2, 6, 9, 11), torch.randn(2, 6, 9, 11)
     with pytest.warns(RuntimeWarning, match="fused BN\\+PReLU could not be built"):
