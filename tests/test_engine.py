@@ -13,6 +13,7 @@ import torch
 from dabnet_lib.data.datasets import CAMVID, build_dataset
 from dabnet_lib.data.transforms import TrainTransform
 from dabnet_lib.errors import CheckpointError
+from dabnet_lib.malloc_reuse import keep_freed_memory
 from dabnet_lib.model.checkpoints import capture_rng, restore_rng, save_checkpoint
 from dabnet_lib.model.dabnet import DABNet, build_from_checkpoint, read_checkpoint
 from dabnet_lib.training.engine import fit
@@ -222,6 +223,7 @@ def test_cityscapes_smoke_trains_with_sgd_and_ohem(cityscapes_root: Path, tmp_pa
     assert summary["iterations"] == 2 and summary["best"] is not None  # 3 images, batch 2: 1 iteration per epoch
     saved = json.loads((tmp_path / "recipe.json").read_text())
     assert saved["class_weights"] == pytest.approx(list(recipe.class_weights))
+    assert saved["host_malloc"] == keep_freed_memory()  # a CPU run records how its host memory was reused
     model, ckpt = build_from_checkpoint(tmp_path / "best.pt")
     assert (
         model.num_classes == 19

@@ -13,7 +13,7 @@ import dabnet_lib
 
 PACKAGE = Path(dabnet_lib.__file__).resolve().parent
 #: Modules at the top of dabnet_lib below every sub-package (they import no sub-package).
-SHARED = ("__init__", "errors", "atomic_files", "paths", "devices", "machine")
+SHARED = ("__init__", "errors", "atomic_files", "paths", "devices", "machine", "malloc_reuse")
 #: Sub-packages in flow order, then the command line on top.
 FLOW = ("data", "model", "training", "evaluation", "deploy", "workbook")
 LAYERS = {"shared": 0, **{name: i + 1 for i, name in enumerate(FLOW)}, "cli": len(FLOW) + 1}
