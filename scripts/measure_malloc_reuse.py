@@ -67,9 +67,10 @@ def main() -> None:
     if min(args.threads, args.batch, args.rounds, args.iters) < 1 or min(args.size) < 16:
         sys.exit("measure_malloc_reuse: --threads, --batch, --rounds and --iters must be >= 1 and --size >= 16")
     from dabnet_lib.machine import cpu_label
+    from dabnet_lib.malloc_reuse import OPT_OUT_ENV
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env.pop("DABNET_KEEP_FREED_MEMORY", None)
+    env.pop(OPT_OUT_ENV, None)
     argv = [sys.executable, __file__, "--threads", str(args.threads), "--size", *map(str, args.size)]
     argv += ["--batch", str(args.batch), "--iters", str(args.iters)]
     argv += ["--no-compile"] * args.no_compile + ["--nchw"] * args.nchw
