@@ -118,6 +118,45 @@ def test_time_budget_poly_reaches_zero_when_time_is_up() -> None:
     assert (again.warmup_end_s, again.elapsed_s, again.budget_s, again.total_iters) == (10.0, 55.0, 100.0, 10**6)
 
 
+def test_restart_jumps_to_its_factor_and_decays_to_zero_at_the_end() -> None:
+    """The final stage's lr restart (recipe ``final_lr``): multiplier f_R * (1 - (i - R) / (T - R)) ** power."""
+    base, total, power = 2e-3, 100, 0.9
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = WarmupPolyLR(opt, total, warmup_iters=10, warmup_ratio=1 / 3, power=power)
+    for _ in range(80):
+        opt.step()
+        sched.advance()
+    tail = base * (1 - 70 / 90) ** power
+    assert opt.param_groups[0]["lr"] == pytest.approx(tail, rel=1e-12)
+    sched.restart(0.5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(base * 0.5, rel=1e-12) and sched.get_last_lr() == [base * 0.5]
+    state = sched.state_dict()
+    seen = {}
+    for i in range(81, total + 2):
+        opt.step()
+        sched.advance()
+        seen[i] = opt.param_groups[0]["lr"]
+    assert seen[90] == pytest.approx(base * 0.5 * (1 - 10 / 20) ** power, rel=1e-12)
+    assert seen[100] == seen[101] == 0.0
+    again = WarmupPolyLR(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=base), total)
+    again.load_state_dict(state)
+    assert (again.restart_iter, again.restart_factor) == (80, 0.5)
+
+
+def test_restart_under_a_time_budget_reaches_zero_when_time_is_up() -> None:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupPolyLR(opt, total_iters=10**6, warmup_iters=0, power=1.0, budget_s=100.0)
+    opt.step()
+    sched.advance(elapsed_s=60.0)
+    sched.restart(0.8)  # 40 s of the budget left
+    opt.step()
+    sched.advance(elapsed_s=80.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.8 * 0.5)
+    opt.step()
+    sched.advance(elapsed_s=100.0)
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
 def test_smoke_profile_end_to_end(camvid_tiny: Path, tmp_path: Path) -> None:
     rows: list[dict] = []
     summary = fit(get_recipe("camvid", "smoke"), camvid_tiny, tmp_path, quiet=True, on_epoch=rows.append)

@@ -76,6 +76,7 @@ def test_replace_applies_and_validates() -> None:
         ("model_config", {"blocks_1": 0}),
         ("class_weights", [1.0, 2.0]),
         ("final_fraction", 1.5),
+        ("final_lr", 0.0),
         ("val_split", "dev"),
         ("mean", [1, 2]),
     ],

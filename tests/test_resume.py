@@ -111,6 +111,40 @@ def test_resume_across_the_resolution_stage_boundary_is_exact(camvid_tiny: Path,
 
 
 @pytest.mark.slow
+def test_final_stage_lr_restart_is_applied_once_and_resumes_exactly(camvid_tiny: Path, tmp_path: Path) -> None:
+    """``final_lr``: the lr jumps to it at the stage boundary (iteration 4 of 8) and decays by poly to 0; runs
+    stopped at and after the boundary resume to the straight run's weights, without restarting again."""
+    recipe = _recipe(final_fraction=0.5, final_crop_size=(64, 80), final_lr=3e-4, lr=1e-3, warmup_iters=0)
+    lrs: list[float] = []
+    straight = fit(recipe, camvid_tiny, tmp_path / "straight", quiet=True)
+    plain = fit(recipe.replace(final_lr=None), camvid_tiny, tmp_path / "plain", quiet=True)
+    assert straight["weights_digest"] != plain["weights_digest"]
+    sched = load_for_resume(tmp_path / "straight" / "last.pt")["scheduler"]
+    assert (sched["restart_iter"], sched["restart_factor"]) == (4, pytest.approx(0.3))
+    for i in range(4, 9):
+        sched["last_epoch"] = i
+        lrs.append(_lr_at(sched, recipe.lr))
+    assert lrs[0] == pytest.approx(3e-4) and lrs[2] == pytest.approx(3e-4 * 0.5**0.9) and lrs[4] == 0.0
+    run = tmp_path / "resumed"
+    for stop in (4, 6):
+        with pytest.raises(TrainingInterrupted):
+            fit(recipe, camvid_tiny, run, resume="auto", quiet=True, on_iteration=_signal_at(stop, signal.SIGTERM))
+    resumed = fit(recipe, camvid_tiny, run, resume=True, quiet=True)
+    assert resumed["weights_digest"] == straight["weights_digest"]
+    assert load_for_resume(run / "last.pt")["scheduler"]["restart_iter"] == 4
+
+
+def _lr_at(state: dict, base: float) -> float:
+    """The lr a scheduler with ``state`` gives (its restart included)."""
+    from dabnet_lib.training.schedule import WarmupPolyLR
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = WarmupPolyLR(opt, 1)
+    sched.load_state_dict(state)
+    return base * sched.factor()
+
+
+@pytest.mark.slow
 def test_worker_processes_do_not_change_the_result(camvid_tiny: Path, tmp_path: Path) -> None:
     """Augmentation is seeded per (seed, epoch, image): forked workers give the in-process result."""
     recipe = _recipe(epochs=1)

@@ -86,6 +86,9 @@ class EpochLoop:
         self.stage_data = None  # shut down the previous stage's workers first
         self.stage_data = build_stage(recipe, state.stage, run.data, run.norm, run.info, run.sampler, run.device)
         self.stage_iter0 = state.iteration
+        if state.stage == 1 and recipe.final_lr is not None and state.scheduler.restart_iter is None:
+            state.scheduler.restart(recipe.final_lr / recipe.lr)  # a resumed run has it in its scheduler state
+            self.log(f"lr restarts at {recipe.final_lr:g} for the final stage (poly to 0 at the end of the budget)")
         if self.tuner is not None:
             self.tuner.reset()
         scale, crop = stage_geometry(recipe, state.stage)

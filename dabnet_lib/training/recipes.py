@@ -75,6 +75,9 @@ class Recipe:
     floats; std: None (mean subtraction only, as the paper), ``"dataset"`` or 3 floats.
     final_fraction: the last fraction of the budget (time or iterations) trains at
     ``final_base_scale``/``final_crop_size`` (low resolution first, full resolution last); 0 = off.
+    final_lr: when set, the lr restarts at this value when the final stage begins and decays by poly to 0 at
+    the end of the budget (:meth:`~dabnet_lib.training.schedule.WarmupPolyLR.restart`); None = the main
+    schedule's poly tail continues.
     val_every / save_every: epochs between validations / ``epoch_XXXX.pt`` files (0 = only at the end
     / never). minutes: wall-clock budget of the training loop (None = epochs only).
     cache_ram_fraction: share (0..1) of the host memory available at start that the decode-once caches of
@@ -105,6 +108,7 @@ class Recipe:
     final_fraction: float = 0.0
     final_base_scale: float = 1.0
     final_crop_size: tuple[int, int] | None = None
+    final_lr: float | None = None
     loss: str = "ce"
     class_weights: str | tuple[float, ...] = "dataset"
     ohem_thresh: float = 0.7
@@ -273,7 +277,7 @@ def _check(name: str, value: Any) -> Any:
         return value
     if name in ("max_images", "val_max_images", "max_iters", "ohem_min_kept", "threads"):
         return _num(name, value, int, 1, optional=True)
-    if name == "minutes":
+    if name in ("minutes", "final_lr"):
         return _num(name, value, float, 0.0, optional=True, lo_open=True)
     if name == "betas":
         betas = _floats(name, value, 2)

@@ -11,6 +11,11 @@ Wall-clock budgets: with ``budget_s`` set, the poly progress is ``p = max(p_iter
 :meth:`WarmupPolyLR.advance`) and ``t_W`` the time at which warm-up ended. The learning rate thus
 reaches 0 when the time budget runs out (0 from then on, even during warm-up), however the throughput changes along
 the way (resolution stages, a busy machine), and stays exactly resumable: ``t``, ``t_W`` and ``T`` are scheduler state.
+
+Restart (the recipe's ``final_lr``, applied when the final-resolution stage begins): from iteration ``R`` on, the
+multiplier is ``f_R * (1 - q) ** power`` with ``q = (i - R) / (T - R)`` (or the time fraction of what was left
+of the budget at ``R``, when that is further), so the lr jumps to ``base * f_R`` and decays to 0 at the end of
+the budget. ``R``, ``f_R`` and the time at ``R`` are scheduler state (saved in checkpoints).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class WarmupPolyLR(LRScheduler):
         self.budget_s = None if budget_s is None else float(budget_s)
         self.elapsed_s = 0.0
         self.warmup_end_s: float | None = 0.0 if self.warmup_iters == 0 else None
+        self.restart_iter: int | None = None
+        self.restart_factor = 1.0
+        self.restart_s = 0.0
         super().__init__(optimizer, last_epoch)
 
     def time_progress(self) -> float:
@@ -63,6 +71,12 @@ class WarmupPolyLR(LRScheduler):
     def factor(self) -> float:
         if self.budget_s is not None and self.elapsed_s >= self.budget_s:
             return 0.0  # time is up (also when it runs out during warm-up)
+        if self.restart_iter is not None and self.last_epoch >= self.restart_iter:
+            q = (self.last_epoch - self.restart_iter) / max(1, self.total_iters - self.restart_iter)
+            if self.budget_s is not None:
+                span = self.budget_s - self.restart_s
+                q = max(q, 1.0 if span <= 0 else (self.elapsed_s - self.restart_s) / span)
+            return self.restart_factor * (1.0 - min(1.0, max(0.0, q))) ** self.power
         return lr_factor(
             self.last_epoch, self.total_iters, self.warmup_iters, self.warmup_ratio, self.power, self.time_progress()
         )
@@ -78,6 +92,15 @@ class WarmupPolyLR(LRScheduler):
         if self.warmup_end_s is None and self.last_epoch + 1 >= self.warmup_iters:
             self.warmup_end_s = self.elapsed_s
         self.step()
+
+    def restart(self, factor: float) -> None:
+        """From now on (``last_epoch`` iterations done) the multiplier restarts at ``factor`` (> 0) and decays by
+        poly to 0 at the end of the budget; the optimizer's lr is set at once."""
+        self.restart_iter, self.restart_factor, self.restart_s = self.last_epoch, float(factor), self.elapsed_s
+        f = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * f
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def set_total_iters(self, total_iters: int) -> None:
         """Change T (e.g. more epochs on resume); the lr follows from the next step."""

@@ -59,7 +59,8 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # (test_fused_prelu_backward_is_bit_identical_to_the_written_out_one; smoke weights digest 1186738dabbfc4a7);
     # 2d7f739ab4bd, 0f9f3c29c065: fast_ops.FastBNPReLU, opt-in (recipe field fused_bn_prelu, default off, pinned
     # off for the units; the modules stay the stock BNPReLU without it; smoke weights digest 1186738dabbfc4a7);
-    # 632aa7a3dc96: the comment of its size threshold only
+    # 632aa7a3dc96: the comment of its size threshold only; 90d9505f0f16: the final stage's optional lr restart
+    # (recipe final_lr, default None = unchanged; smoke weights digest 1186738dabbfc4a7)
     frozenset(
         {
             "d67f629a52e4",
@@ -72,6 +73,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "2d7f739ab4bd",
             "0f9f3c29c065",
             "632aa7a3dc96",
+            "90d9505f0f16",
         }
     ),
 )
