@@ -61,22 +61,21 @@ class WarmupPolyLR(LRScheduler):
         self.restart_s = 0.0
         super().__init__(optimizer, last_epoch)
 
-    def time_progress(self) -> float:
-        """Fraction of the post-warm-up time budget used (0 without a budget or during warm-up)."""
-        if self.budget_s is None or self.warmup_end_s is None:
+    def time_progress(self, start_s: float | None = None) -> float:
+        """Fraction of the time budget used since ``start_s`` (default: the end of warm-up); 0 without a budget
+        or during warm-up."""
+        start_s = self.warmup_end_s if start_s is None else start_s
+        if self.budget_s is None or start_s is None:
             return 0.0
-        span = self.budget_s - self.warmup_end_s
-        return 1.0 if span <= 0 else (self.elapsed_s - self.warmup_end_s) / span
+        span = self.budget_s - start_s
+        return 1.0 if span <= 0 else (self.elapsed_s - start_s) / span
 
     def factor(self) -> float:
         if self.budget_s is not None and self.elapsed_s >= self.budget_s:
             return 0.0  # time is up (also when it runs out during warm-up)
-        if self.restart_iter is not None and self.last_epoch >= self.restart_iter:
-            q = (self.last_epoch - self.restart_iter) / max(1, self.total_iters - self.restart_iter)
-            if self.budget_s is not None:
-                span = self.budget_s - self.restart_s
-                q = max(q, 1.0 if span <= 0 else (self.elapsed_s - self.restart_s) / span)
-            return self.restart_factor * (1.0 - min(1.0, max(0.0, q))) ** self.power
+        if self.restart_iter is not None and self.last_epoch >= self.restart_iter:  # poly again from R, no warm-up
+            i, total = self.last_epoch - self.restart_iter, self.total_iters - self.restart_iter
+            return self.restart_factor * lr_factor(i, total, 0, 1.0, self.power, self.time_progress(self.restart_s))
         return lr_factor(
             self.last_epoch, self.total_iters, self.warmup_iters, self.warmup_ratio, self.power, self.time_progress()
         )

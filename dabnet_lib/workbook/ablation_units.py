@@ -60,7 +60,8 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # 2d7f739ab4bd, 0f9f3c29c065: fast_ops.FastBNPReLU, opt-in (recipe field fused_bn_prelu, default off, pinned
     # off for the units; the modules stay the stock BNPReLU without it; smoke weights digest 1186738dabbfc4a7);
     # 632aa7a3dc96: the comment of its size threshold only; 90d9505f0f16: the final stage's optional lr restart
-    # (recipe final_lr, default None = unchanged; smoke weights digest 1186738dabbfc4a7)
+    # (recipe final_lr, default None = unchanged; smoke weights digest 1186738dabbfc4a7); 2507ccf05e2e: the restart
+    # reuses lr_factor and time_progress (the same formula; smoke weights digest 1186738dabbfc4a7)
     frozenset(
         {
             "d67f629a52e4",
@@ -74,6 +75,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "0f9f3c29c065",
             "632aa7a3dc96",
             "90d9505f0f16",
+            "2507ccf05e2e",
         }
     ),
 )
