@@ -200,9 +200,9 @@ def _add_bench_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--input-size",
         type=_size_arg,
-        default=(180, 240),
+        default=None,
         metavar="H,W",
-        help="crop (default 180,240: the cpu profile's first stage)",
+        help="crop (default: the cpu profile's first-stage crop, recipes.CPU_CROP)",
     )
     p.add_argument("--iters", type=int, default=4, help="timed iterations per loop and round (default 4)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of all loops (default 3)")
@@ -253,9 +253,11 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     from .model.dabnet import DABNetConfig
     from .model.fast_ops import fast_ops_rule
     from .training.autotune import Candidate, candidate_space, choose
-    from .training.recipes import get_recipe
+    from .training.recipes import CPU_CROP, get_recipe
     from .training.step import bf16_channels_last_grad_error
 
+    if args.input_size is None:
+        args.input_size = CPU_CROP
     onoff: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
     fast = fast_ops_rule("cpu") if args.fast_ops is None else args.fast_ops
     if args.threads is not None:

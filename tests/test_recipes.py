@@ -7,7 +7,17 @@ import json
 import pytest
 
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.training.recipes import CITYSCAPES_OHEM_WEIGHTS, PROFILES, Recipe, field_names, get_recipe, parse_value
+from dabnet_lib.training.eta import final_stage_start
+from dabnet_lib.training.recipes import (
+    CITYSCAPES_OHEM_WEIGHTS,
+    CPU_CROP,
+    CPU_FINAL_LR,
+    PROFILES,
+    Recipe,
+    field_names,
+    get_recipe,
+    parse_value,
+)
 
 
 def test_camvid_paper_recipe_is_the_published_one() -> None:
@@ -42,9 +52,23 @@ def test_smoke_and_cpu_profiles_are_budgeted() -> None:
     assert smoke.train_split == "train" and smoke.val_every == 1
     cpu = get_recipe("camvid", "cpu")
     assert cpu.minutes is None and cpu.train_split == "trainval"  # iterations, not minutes
-    assert cpu.crop_size == (180, 240) and cpu.final_crop_size == (360, 480) and cpu.final_fraction > 0
+    assert cpu.crop_size == CPU_CROP and cpu.final_crop_size == (360, 480) and cpu.final_fraction > 0
+    assert cpu.final_lr == CPU_FINAL_LR  # the lr restarts when the full-resolution stage begins
     assert cpu.fused_optimizer and not smoke.fused_optimizer  # the profile takes the fast step; smoke stays exact
     assert cpu.fused_bn_prelu and not smoke.fused_bn_prelu and not get_recipe("camvid").fused_bn_prelu
+
+
+def test_cpu_profile_trains_at_most_half_the_compute_of_the_60_minute_run() -> None:
+    """Issue #11's cap: 9,500 full-resolution-equivalent images (a crop counts as its share of 360x480's
+    pixels), half of the 19,080 that the 60-minute wall-clock profile trained."""
+    cpu = get_recipe("camvid", "cpu")
+    per_epoch = (367 + 101) // cpu.batch_size  # CamVid trainval, drop_last
+    total = cpu.epochs * per_epoch if cpu.max_iters is None else cpu.max_iters
+    start = final_stage_start(total, per_epoch, cpu.final_fraction)
+    assert cpu.final_crop_size is not None and 0 < start < total
+    share = cpu.crop_size[0] * cpu.crop_size[1] / (cpu.final_crop_size[0] * cpu.final_crop_size[1])
+    images = cpu.batch_size * (start * share + (total - start))
+    assert 7_000 < images <= 9_500
 
 
 def test_unknown_dataset_or_profile() -> None:

@@ -61,7 +61,15 @@ WARMUP_FRACTION = 0.05
 #: keep their recipe fingerprint and stay comparable: the ablation table asks which architecture knob matters,
 #: under one fixed training recipe.
 UNIT_RECIPE_PINS: dict[tuple[str, str], dict[str, Any]] = {
-    ("camvid", "cpu"): {"lr": 1e-3, "base_scale": 0.5, "loss": "ce", "fused_optimizer": False, "fused_bn_prelu": False},
+    ("camvid", "cpu"): {
+        "lr": 1e-3,
+        "base_scale": 0.5,
+        "crop_size": (180, 240),
+        "final_lr": None,
+        "loss": "ce",
+        "fused_optimizer": False,
+        "fused_bn_prelu": False,
+    },
 }
 
 
