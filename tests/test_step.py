@@ -209,6 +209,20 @@ def _train_four_steps(make_opt: object) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _four_updates_on_fixed_gradients(make_opt: object) -> list[torch.Tensor]:
+    """Four optimizer steps on DABNet(3)'s parameters with the same seeded random gradients for every
+    optimizer (no forward pass, so a rounding difference is not amplified by re-computed gradients)."""
+    torch.manual_seed(0)
+    params = list(DABNet(3).parameters())
+    opt = make_opt(params)  # type: ignore[operator]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_optimizer_runs_all_tensors_at_once_with_the_per_tensor_loops_values(optimizer: str) -> None:
@@ -226,5 +240,11 @@ def test_optimizer_runs_all_tensors_at_once_with_the_per_tensor_loops_values(opt
     assert all(torch.equal(a, b) for a, b in zip(grouped, reference, strict=True))  # bit for bit
     fused_recipe = recipe.replace(fused_optimizer=True)
     assert build_optimizer(fused_recipe, DABNet(3).parameters()).defaults["fused"] is True
-    fused = _train_four_steps(lambda params: build_optimizer(fused_recipe, params))
-    assert max((a - b).abs().max().item() for a, b in zip(fused, reference, strict=True)) < 1e-5
+    # The fused kernel orders its arithmetic differently: equal within fp32 rounding, i.e. at most 4 ulps of
+    # (|parameter| + lr) per update (measured: 4.0 for Adam, 1.0 for SGD on an AMD EPYC; through four training
+    # steps the re-computed gradients amplify that to 1.3e-5 there, which depends on the CPU's kernels).
+    fused = _four_updates_on_fixed_gradients(lambda params: build_optimizer(fused_recipe, params))
+    loop_ref = _four_updates_on_fixed_gradients(loop)
+    ulp = torch.finfo(torch.float32).eps
+    for a, b in zip(fused, loop_ref, strict=True):
+        assert ((a - b).abs() <= 4 * 4 * ulp * (b.abs() + recipe.lr)).all()

@@ -75,7 +75,7 @@ def training_result(run_dir: str | Path) -> Path:
 
 def training_budget(checkpoint: Mapping[str, Any]) -> str:
     """What a checkpoint was trained with, for the report's budget line, e.g.
-    ``cpu profile: 31 epochs on trainval, batch 8, crop 240x320 -> 360x480; reached epoch 31, 1,798
+    ``cpu profile: 50 epochs on trainval, batch 8, crop 180x240 -> 360x480; reached epoch 50, 2,900
     iterations; trained in 24.0 min on <CPU> (2 CPUs) as bf16 NCHW compiled`` (the wall time and
     hardware where the checkpoint records them)."""
     recipe = checkpoint.get("recipe") or {}
