@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dabnet_lib.data.datasets import CAMVID_SPLIT_SIZES
 from dabnet_lib.errors import DabnetError
 from dabnet_lib.training.eta import final_stage_start
 from dabnet_lib.training.recipes import (
@@ -60,7 +61,7 @@ def test_cpu_profile_trains_at_most_half_the_compute_of_the_60_minute_run() -> N
     """Issue #11's cap: 9,500 full-resolution-equivalent images (a crop counts as its share of 360x480's
     pixels), half of the 19,080 that the 60-minute wall-clock profile trained."""
     cpu = get_recipe("camvid", "cpu")
-    per_epoch = (367 + 101) // cpu.batch_size  # CamVid trainval, drop_last
+    per_epoch = (CAMVID_SPLIT_SIZES["train"] + CAMVID_SPLIT_SIZES["val"]) // cpu.batch_size  # trainval, drop_last
     total = cpu.epochs * per_epoch if cpu.max_iters is None else cpu.max_iters
     start = final_stage_start(total, per_epoch, cpu.final_fraction)
     assert cpu.final_crop_size is not None and 0 < start < total

@@ -241,8 +241,9 @@ def test_optimizer_runs_all_tensors_at_once_with_the_per_tensor_loops_values(opt
     fused_recipe = recipe.replace(fused_optimizer=True)
     assert build_optimizer(fused_recipe, DABNet(3).parameters()).defaults["fused"] is True
     # The fused kernel orders its arithmetic differently: equal within fp32 rounding, i.e. at most 4 ulps of
-    # (|parameter| + lr) per update (measured: 4.0 for Adam, 1.0 for SGD on an AMD EPYC; through four training
-    # steps the re-computed gradients amplify that to 1.3e-5 there, which depends on the CPU's kernels).
+    # (|parameter| + lr) per update, 16 after four (measured after four: 4.0 for Adam, 1.0 for SGD on a 2-core AMD
+    # EPYC; through four training steps the re-computed gradients amplify the difference to 1.3e-5 there, a
+    # figure that depends on the CPU's kernels).
     fused = _four_updates_on_fixed_gradients(lambda params: build_optimizer(fused_recipe, params))
     loop_ref = _four_updates_on_fixed_gradients(loop)
     ulp = torch.finfo(torch.float32).eps

@@ -51,9 +51,8 @@ CITYSCAPES_OHEM_WEIGHTS: tuple[float, ...] = (
 #: The CamVid ``cpu`` profile's budget (iterations = epochs x 58 on trainval at batch 8) and schedule: lr 2e-3 and
 #: the first stage's CPU_CROP crops at the paper's scales (not half of them) were chosen on held-out val (issue #11,
 #: README "what each change bought": 66.61 and 66.91 val mIoU on two seeds, against 65.04 with lr 1e-3 and half-scale
-#: crops). CPU_CROP is also ``dabnet bench-train``'s default crop. Session 11 scored the val-best recipe (240x320
-#: first stage at the same compute, lr restart 2e-3 in the last stage: +0.55 and +1.11 on val) on test: 58.40,
-#: not above this profile's 58.53, so it was not adopted (README).
+#: crops). CPU_CROP is also ``dabnet bench-train``'s default crop. Recipes that led on val but not on test are in
+#: the same README table (e.g. 240x320 crops with an lr restart, row P11).
 CPU_EPOCHS, CPU_FINAL_FRACTION, CPU_LR, CPU_WARMUP = 50, 0.12, 2e-3, 200
 CPU_CROP: tuple[int, int] = (180, 240)
 
