@@ -100,6 +100,8 @@ def test_replace_applies_and_validates() -> None:
         ("class_weights", [1.0, 2.0]),
         ("final_fraction", 1.5),
         ("final_lr", 0.0),
+        ("color_jitter", 1.0),
+        ("color_jitter", -0.1),
         ("val_split", "dev"),
         ("mean", [1, 2]),
     ],

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from dabnet_lib.data.datasets import CAMVID, CamVid
-from dabnet_lib.data.transforms import PAPER_SCALES, EvalTransform, TrainTransform, denormalize, normalize
+from dabnet_lib.data.transforms import (
+    PAPER_SCALES,
+    EvalTransform,
+    TrainTransform,
+    denormalize,
+    jitter_colors,
+    normalize,
+)
 
 IGNORE = CAMVID.ignore_index
 MEAN = (10.0, 10.0, 10.0)
@@ -95,6 +102,36 @@ def test_padding_uses_ignore_and_mean_colour() -> None:
     np.testing.assert_allclose(
         out_image[:, :32, :40].numpy(), image.transpose(2, 0, 1).astype(np.float32) - np.array(MEAN)[:, None, None]
     )
+
+
+def test_color_jitter_changes_colours_only_and_draws_after_the_geometry() -> None:
+    # The engine seeds every sample's generator by (seed, epoch, index), so drawing the jitter after scale,
+    # crop and mirror keeps every sample's geometry the same as without jitter.
+    image, label = coded_pair(32, 40)  # at scales <= 1.5 a 64x64 crop always holds padding
+    for seed in range(6):
+        image_a, label_a = make((64, 64), scales=(1.0, 1.5), seed=seed)(image, label)
+        image_b, label_b = make((64, 64), scales=(1.0, 1.5), seed=seed, color_jitter=0.3)(image, label)
+        assert torch.equal(label_a, label_b)
+        padding = (label_b == IGNORE) & (image_a[0] == 0)
+        assert padding.any() and torch.all(image_b[:, padding] == 0)  # padding keeps the mean colour
+        pixels = image_b.numpy() + np.array(MEAN, np.float32)[:, None, None]
+        assert pixels.min() >= -1e-4 and pixels.max() <= 255 + 1e-4
+        assert not torch.allclose(image_a, image_b)
+    with pytest.raises(ValueError, match="color_jitter"):
+        make(color_jitter=1.0)
+
+
+def test_jitter_colors_factors() -> None:
+    rng = np.random.default_rng(0)
+    window = rng.uniform(20, 120, size=(8, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(jitter_colors(window.copy(), 1.0, 1.0, 1.0), window, atol=1e-4)
+    np.testing.assert_allclose(jitter_colors(window.copy(), 1.5, 1.0, 1.0), window * 1.5, rtol=1e-6)
+    grey = jitter_colors(window.copy(), 1.0, 1.0, 0.0)  # saturation 0: every channel is the luma
+    np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-3)
+    np.testing.assert_allclose(grey[..., 0], window @ np.array([0.299, 0.587, 0.114], np.float32), atol=1e-3)
+    flat = jitter_colors(window.copy(), 1.0, 0.0, 1.0)  # contrast 0: a uniform image at the mean luma
+    np.testing.assert_allclose(flat, np.full_like(window, flat[0, 0, 0]), atol=1e-3)
+    assert jitter_colors(np.full((2, 2, 3), 200.0, np.float32), 1.5, 1.0, 1.0).max() == 255.0  # clipped
 
 
 def test_base_scale_resizes_like_cv2() -> None:

@@ -79,13 +79,16 @@ def _label_for_cv2(label: np.ndarray) -> np.ndarray:
 
 
 class TrainTransform:
-    """Random scale -> pad -> random crop -> random mirror -> mean subtraction.
+    """Random scale -> pad -> random crop -> random mirror -> [colour jitter] -> mean subtraction.
 
     - scale: one of ``scales`` times ``base_scale`` (uniform choice), bilinear image / nearest label;
     - pad: where the scaled image is smaller than ``crop_size`` it is padded at the bottom/right, the
       label with ``ignore_index`` and the image with the mean colour (0 after mean subtraction, as the
       official code pads the mean-subtracted image with 0);
     - crop: uniform random ``crop_size`` (H, W) window; mirror: horizontal flip with probability 0.5;
+    - colour jitter (``color_jitter`` = s > 0; not in the paper, off by default): brightness, contrast and
+      saturation each scaled by a factor drawn uniformly from [1 - s, 1 + s] (see :func:`jitter_colors`), on the
+      real pixels of the crop only; with s = 0 no random number is drawn, so the geometric stream is unchanged;
     - normalise: subtract ``mean`` (RGB, 0..255); divide by ``std`` only if given (the paper does not).
 
     ``mean`` and ``ignore_index`` must be given (e.g. ``info.official_mean``, ``info.ignore_index``), or
@@ -101,6 +104,7 @@ class TrainTransform:
         ignore_index: int | None = None,
         mirror: bool = True,
         base_scale: float = 1.0,
+        color_jitter: float = 0.0,
         rng: np.random.Generator | None = None,
     ) -> None:
         if mean is None or ignore_index is None:
@@ -113,7 +117,10 @@ class TrainTransform:
             raise ValueError(f"crop_size must be positive (H, W), got {crop_size!r}")
         if not scales or any(s <= 0 for s in scales) or base_scale <= 0:
             raise ValueError(f"scales and base_scale must be positive, got {scales!r} x {base_scale}")
+        if not 0.0 <= color_jitter < 1.0:
+            raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter!r}")
         self.crop_size = (crop_h, crop_w)
+        self.color_jitter = float(color_jitter)
         self.scales = tuple(float(s) for s in scales)
         self.base_scale = float(base_scale)
         self.mean = _vector(mean, "mean")
@@ -135,7 +142,7 @@ class TrainTransform:
         return (
             f"TrainTransform(crop_size={self.crop_size}, scales={self.scales}, base_scale={self.base_scale}, "
             f"mean={self.mean.tolist()}, std={None if self.std is None else self.std.tolist()}, "
-            f"ignore_index={self.ignore_index}, mirror={self.mirror})"
+            f"ignore_index={self.ignore_index}, mirror={self.mirror}, color_jitter={self.color_jitter})"
         )
 
     def _generator(self) -> np.random.Generator:
@@ -167,6 +174,9 @@ class TrainTransform:
         out_image = np.zeros((crop_h, crop_w, 3), dtype=np.float32)
         out_label = np.full((crop_h, crop_w), self.ignore_index, dtype=np.int64)
         window = image[top:bottom, left:right].astype(np.float32)
+        if self.color_jitter > 0:
+            factors = rng.uniform(1.0 - self.color_jitter, 1.0 + self.color_jitter, size=3)
+            window = jitter_colors(window, float(factors[0]), float(factors[1]), float(factors[2]))
         window -= self.mean
         if self.std is not None:
             window /= self.std
@@ -175,6 +185,25 @@ class TrainTransform:
         if flip:
             out_image, out_label = out_image[:, ::-1], out_label[:, ::-1]
         return _to_tensor(out_image), torch.from_numpy(np.ascontiguousarray(out_label))
+
+
+#: ITU-R BT.601 luma weights (R, G, B): the grey level that contrast and saturation jitter move towards.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def jitter_colors(window: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """Photometric jitter of float32 RGB pixels (h, w, 3) in 0..255, returned clipped to 0..255.
+
+    In this order: ``x * brightness``; contrast blends with the window's mean luma
+    (``mean + contrast * (x - mean)``); saturation blends each pixel with its own luma
+    (``luma + saturation * (x - luma)``). Factor 1 leaves the image unchanged; each is > 0.
+    """
+    out: np.ndarray = window * np.float32(brightness)
+    grey = np.float32((out @ _LUMA).mean())
+    out = grey + np.float32(contrast) * (out - grey)
+    luma: np.ndarray = (out @ _LUMA)[..., None]
+    out = luma + np.float32(saturation) * (out - luma)
+    return np.clip(out, 0.0, 255.0, out=out)
 
 
 class EvalTransform:

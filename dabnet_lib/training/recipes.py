@@ -107,6 +107,7 @@ class Recipe:
     scales: tuple[float, ...] = PAPER_SCALES
     base_scale: float = 1.0
     mirror: bool = True
+    color_jitter: float = 0.0  # photometric augmentation strength s in [0, 1) (data.transforms.TrainTransform)
     final_fraction: float = 0.0
     final_base_scale: float = 1.0
     final_crop_size: tuple[int, int] | None = None
@@ -271,6 +272,11 @@ def _check(name: str, value: Any) -> Any:
         return _num(name, value, float, 0.0)
     if name in ("warmup_ratio", "ohem_thresh", "final_fraction", "cache_ram_fraction"):
         return _num(name, value, float, 0.0, 1.0)
+    if name == "color_jitter":
+        value = _num(name, value, float, 0.0, 1.0)
+        if value >= 1.0:
+            _fail(name, value, "a number in [0, 1)")
+        return value
     if name in ("batch_size", "epochs"):
         return _num(name, value, int, 1)
     if name in ("warmup_iters", "val_every", "save_every", "num_workers", "seed"):

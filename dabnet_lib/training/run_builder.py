@@ -235,6 +235,7 @@ def build_stage(
         ignore_index=info.ignore_index,
         mirror=recipe.mirror,
         base_scale=scale,
+        color_jitter=recipe.color_jitter,
     )
     samples = D.SeededSamples(data.train, transform, recipe.seed)
     loader = D.make_loader(samples, sampler, data.batch, recipe.num_workers, device.type == "cuda")

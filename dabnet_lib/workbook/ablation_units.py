@@ -61,7 +61,9 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # off for the units; the modules stay the stock BNPReLU without it; smoke weights digest 1186738dabbfc4a7);
     # 632aa7a3dc96: the comment of its size threshold only; 90d9505f0f16: the final stage's optional lr restart
     # (recipe final_lr, default None = unchanged; smoke weights digest 1186738dabbfc4a7); 2507ccf05e2e: the restart
-    # reuses lr_factor and time_progress (the same formula; smoke weights digest 1186738dabbfc4a7)
+    # reuses lr_factor and time_progress (the same formula; smoke weights digest 1186738dabbfc4a7); 831857ad3ec1:
+    # opt-in colour jitter (recipe color_jitter, default 0 draws no random number, pinned 0 for the units; smoke
+    # weights digest a563952a9a05cef3 before and after on the AMD EPYC of session 12, 1 thread: the digest is per CPU)
     frozenset(
         {
             "d67f629a52e4",
@@ -76,6 +78,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "632aa7a3dc96",
             "90d9505f0f16",
             "2507ccf05e2e",
+            "831857ad3ec1",
         }
     ),
 )

@@ -66,6 +66,7 @@ UNIT_RECIPE_PINS: dict[tuple[str, str], dict[str, Any]] = {
         "base_scale": 0.5,
         "crop_size": (180, 240),
         "final_lr": None,
+        "color_jitter": 0.0,
         "loss": "ce",
         "fused_optimizer": False,
         "fused_bn_prelu": False,
