@@ -121,6 +121,58 @@ def test_color_jitter_changes_colours_only_and_draws_after_the_geometry() -> Non
         make(color_jitter=1.0)
 
 
+def rare_patch_pair(height: int = 192, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """coded_pair's encoding of a label that is class 0 except a 4x4 patch of class 5 and a void bottom band."""
+    label = np.zeros((height, width), dtype=np.uint8)
+    label[60:64, 100:104] = 5
+    label[-8:] = IGNORE
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[..., 0] = label * 20 + 30
+    image[..., 1] = np.linspace(0, 255, width).astype(np.uint8)[None, :]
+    return image, label
+
+
+def test_class_crop_crops_a_rare_class_as_often_as_a_common_one() -> None:
+    # Two classes: with class_crop=1 half the windows are drawn around the 4x4 patch and must hold it; a
+    # uniform 32x32 window holds it in about 3% of draws. Image and label stay aligned either way.
+    image, label = rare_patch_pair()
+    draws = 400
+    for class_crop, low, high in [(0.0, 0.0, 0.08), (1.0, 0.40, 0.60)]:
+        transform = make((32, 32), scales=(1.0, 1.5), seed=2, class_crop=class_crop)
+        holds = 0
+        for _ in range(draws):
+            out_image, out_label = transform(image, label)
+            decoded, target = decode(out_image), out_label.numpy()
+            as_u8, kernel = target.astype(np.uint8), np.ones((3, 3), np.uint8)
+            interior = (cv2.dilate(as_u8, kernel) == cv2.erode(as_u8, kernel)) & (decoded != -1)
+            interior[[0, -1], :] = interior[:, [0, -1]] = False  # away from class edges, where bilinear blends
+            np.testing.assert_array_equal(decoded[interior], target[interior])
+            holds += bool((target == 5).any())
+        assert low <= holds / draws <= high, (class_crop, holds)
+
+
+def test_class_crop_on_an_all_void_label_falls_back_to_a_uniform_window() -> None:
+    image, label = rare_patch_pair()
+    label[:] = IGNORE
+    _, out_label = make((32, 32), class_crop=1.0)(image, label)
+    assert tuple(out_label.shape) == (32, 32) and torch.all(out_label == IGNORE)
+    with pytest.raises(ValueError, match="class_crop"):
+        make(class_crop=1.5)
+
+
+def test_max_class_ratio_redraws_windows_one_class_fills() -> None:
+    # The label is class 0 except the patch: almost every 16x16 window is pure class 0 and gets redrawn, so
+    # with ratio 0.99 the patch shows up far more often than in uniform windows (at most 10 draws each).
+    image, label = rare_patch_pair()
+    counts = {}
+    for ratio in (1.0, 0.99):
+        transform = make((16, 16), seed=4, max_class_ratio=ratio)
+        counts[ratio] = sum(bool((transform(image, label)[1] == 5).any()) for _ in range(300))
+    assert counts[1.0] < 15 and counts[0.99] > 3 * counts[1.0], counts
+    with pytest.raises(ValueError, match="max_class_ratio"):
+        make(max_class_ratio=0.0)
+
+
 def test_jitter_colors_factors() -> None:
     rng = np.random.default_rng(0)
     window = rng.uniform(20, 120, size=(8, 10, 3)).astype(np.float32)

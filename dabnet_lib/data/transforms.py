@@ -86,6 +86,12 @@ class TrainTransform:
       label with ``ignore_index`` and the image with the mean colour (0 after mean subtraction, as the
       official code pads the mean-subtracted image with 0);
     - crop: uniform random ``crop_size`` (H, W) window; mirror: horizontal flip with probability 0.5;
+    - class-uniform crops (``class_crop`` = p > 0; not in the paper, off by default): with probability p the
+      window is instead one holding a pixel of a class drawn uniformly among the image's classes (drawn before
+      the scale is applied), so rare classes are cropped as often as common ones;
+    - crop rejection (``max_class_ratio`` = r < 1; not in the paper, off by default): a uniform window in which
+      one class fills more than r of the labelled pixels is redrawn, at most 10 draws in all;
+      with p = 0 and r = 1 no extra random number is drawn, so the stream is the paper's;
     - colour jitter (``color_jitter`` = s > 0; not in the paper, off by default): brightness, contrast and
       saturation each scaled by a factor drawn uniformly from [1 - s, 1 + s] (see :func:`jitter_colors`), on the
       real pixels of the crop only; with s = 0 no random number is drawn, so the geometric stream is unchanged;
@@ -105,6 +111,8 @@ class TrainTransform:
         mirror: bool = True,
         base_scale: float = 1.0,
         color_jitter: float = 0.0,
+        class_crop: float = 0.0,
+        max_class_ratio: float = 1.0,
         rng: np.random.Generator | None = None,
     ) -> None:
         if mean is None or ignore_index is None:
@@ -119,6 +127,12 @@ class TrainTransform:
             raise ValueError(f"scales and base_scale must be positive, got {scales!r} x {base_scale}")
         if not 0.0 <= color_jitter < 1.0:
             raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter!r}")
+        if not 0.0 <= class_crop <= 1.0:
+            raise ValueError(f"class_crop must be in [0, 1], got {class_crop!r}")
+        if not 0.0 < max_class_ratio <= 1.0:
+            raise ValueError(f"max_class_ratio must be in (0, 1], got {max_class_ratio!r}")
+        self.class_crop = float(class_crop)
+        self.max_class_ratio = float(max_class_ratio)
         self.crop_size = (crop_h, crop_w)
         self.color_jitter = float(color_jitter)
         self.scales = tuple(float(s) for s in scales)
@@ -142,7 +156,8 @@ class TrainTransform:
         return (
             f"TrainTransform(crop_size={self.crop_size}, scales={self.scales}, base_scale={self.base_scale}, "
             f"mean={self.mean.tolist()}, std={None if self.std is None else self.std.tolist()}, "
-            f"ignore_index={self.ignore_index}, mirror={self.mirror}, color_jitter={self.color_jitter})"
+            f"ignore_index={self.ignore_index}, mirror={self.mirror}, color_jitter={self.color_jitter}, "
+            f"class_crop={self.class_crop}, max_class_ratio={self.max_class_ratio})"
         )
 
     def _generator(self) -> np.random.Generator:
@@ -154,20 +169,57 @@ class TrainTransform:
             self._own_key = key
         return self._own_rng
 
+    def _class_anchor(self, label: np.ndarray, rng: np.random.Generator) -> tuple[int, int] | None:
+        """(row, col) of a pixel of a class drawn uniformly among the classes ``label`` holds (class-uniform
+        sampling: rare classes get as many crops as common ones), the pixel uniform within its class; None
+        when the label holds no class (all ignore)."""
+        flat = label.ravel()
+        counts = np.bincount(flat[flat != self.ignore_index])
+        present = np.flatnonzero(counts)
+        if present.size == 0:
+            return None
+        cls = present[int(rng.integers(present.size))]
+        where = np.flatnonzero(flat == cls)
+        index = int(where[int(rng.integers(where.size))])
+        return index // label.shape[1], index % label.shape[1]
+
+    def _random_window(self, label: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        """(top, left) of a uniform random crop window; with ``max_class_ratio < 1`` redrawn (up to 10 draws in
+        all) while one class fills more than that share of the window's labelled pixels."""
+        height, width = label.shape
+        crop_h, crop_w = self.crop_size
+        for _ in range(_WINDOW_DRAWS if self.max_class_ratio < 1.0 else 1):
+            top = int(rng.integers(max(height, crop_h) - crop_h + 1))
+            left = int(rng.integers(max(width, crop_w) - crop_w + 1))
+            if self.max_class_ratio >= 1.0:
+                break
+            window = label[top : top + crop_h, left : left + crop_w].ravel()
+            counts = np.bincount(window[window != self.ignore_index])
+            if np.count_nonzero(counts) > 1 and counts.max() < self.max_class_ratio * counts.sum():
+                break
+        return top, left
+
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if image.shape[:2] != label.shape[:2]:
             raise ValueError(f"image {image.shape[:2]} and label {label.shape[:2]} sizes differ")
         rng = self._generator()
         scale = self.scales[int(rng.integers(len(self.scales)))] * self.base_scale
         label = _label_for_cv2(label)
-        height, width = label.shape
+        anchor = self._class_anchor(label, rng) if self.class_crop > 0 and rng.random() < self.class_crop else None
+        source_h, source_w = height, width = label.shape
         if scale != 1.0:
             height, width = max(1, round(height * scale)), max(1, round(width * scale))
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
             label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
         crop_h, crop_w = self.crop_size
-        top = int(rng.integers(max(height, crop_h) - crop_h + 1))
-        left = int(rng.integers(max(width, crop_w) - crop_w + 1))
+        if anchor is not None:
+            # a window that holds the anchor pixel (at its scaled position), uniformly among those that do
+            row = min(height - 1, int((anchor[0] + 0.5) * height / source_h))
+            col = min(width - 1, int((anchor[1] + 0.5) * width / source_w))
+            top = _window_holding(row, crop_h, height, rng)
+            left = _window_holding(col, crop_w, width, rng)
+        else:
+            top, left = self._random_window(label, rng)
         flip = self.mirror and bool(rng.random() < 0.5)
         # Crop from the virtually padded canvas: only the overlap with the real image is copied.
         bottom, right = min(top + crop_h, height), min(left + crop_w, width)
@@ -185,6 +237,18 @@ class TrainTransform:
         if flip:
             out_image, out_label = out_image[:, ::-1], out_label[:, ::-1]
         return _to_tensor(out_image), torch.from_numpy(np.ascontiguousarray(out_label))
+
+
+#: Crop windows drawn at most per sample when ``max_class_ratio < 1`` (the last one is kept).
+_WINDOW_DRAWS = 10
+
+
+def _window_holding(pixel: int, crop: int, size: int, rng: np.random.Generator) -> int:
+    """Start of a ``crop``-long window on a ``size``-long axis (virtually padded to ``crop``) holding ``pixel``,
+    uniform among the starts that do."""
+    last_start = max(size, crop) - crop
+    low, high = max(0, pixel - crop + 1), min(pixel, last_start)
+    return int(rng.integers(low, high + 1))
 
 
 #: ITU-R BT.601 luma weights (R, G, B): the grey level that contrast and saturation jitter move towards.

@@ -108,6 +108,8 @@ class Recipe:
     base_scale: float = 1.0
     mirror: bool = True
     color_jitter: float = 0.0  # photometric augmentation strength s in [0, 1) (data.transforms.TrainTransform)
+    class_crop: float = 0.0  # share of class-uniform crop windows in [0, 1] (data.transforms.TrainTransform)
+    max_class_ratio: float = 1.0  # redraw windows one class fills more than this of, in (0, 1]; 1 = off
     final_fraction: float = 0.0
     final_base_scale: float = 1.0
     final_crop_size: tuple[int, int] | None = None
@@ -270,8 +272,10 @@ def _check(name: str, value: Any) -> Any:
         return _num(name, value, float, 0.0, lo_open=True)
     if name in ("momentum", "weight_decay"):
         return _num(name, value, float, 0.0)
-    if name in ("warmup_ratio", "ohem_thresh", "final_fraction", "cache_ram_fraction"):
+    if name in ("warmup_ratio", "ohem_thresh", "final_fraction", "cache_ram_fraction", "class_crop"):
         return _num(name, value, float, 0.0, 1.0)
+    if name == "max_class_ratio":
+        return _num(name, value, float, 0.0, 1.0, lo_open=True)
     if name == "color_jitter":
         value = _num(name, value, float, 0.0, 1.0)
         if value >= 1.0:

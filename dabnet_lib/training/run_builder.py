@@ -236,6 +236,8 @@ def build_stage(
         mirror=recipe.mirror,
         base_scale=scale,
         color_jitter=recipe.color_jitter,
+        class_crop=recipe.class_crop,
+        max_class_ratio=recipe.max_class_ratio,
     )
     samples = D.SeededSamples(data.train, transform, recipe.seed)
     loader = D.make_loader(samples, sampler, data.batch, recipe.num_workers, device.type == "cuda")

@@ -63,7 +63,9 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # (recipe final_lr, default None = unchanged; smoke weights digest 1186738dabbfc4a7); 2507ccf05e2e: the restart
     # reuses lr_factor and time_progress (the same formula; smoke weights digest 1186738dabbfc4a7); 831857ad3ec1:
     # opt-in colour jitter (recipe color_jitter, default 0 draws no random number, pinned 0 for the units; smoke
-    # weights digest a563952a9a05cef3 before and after on the AMD EPYC of session 12, 1 thread: the digest is per CPU)
+    # weights digest a563952a9a05cef3 before and after on the AMD EPYC of session 12, 1 thread: the digest is per CPU);
+    # 4740229a15e5: opt-in class-uniform crops and crop rejection (recipe class_crop 0 and max_class_ratio 1 draw
+    # no random number, pinned off for the units; smoke weights digest a563952a9a05cef3 on the AMD EPYC, 1 thread)
     frozenset(
         {
             "d67f629a52e4",
@@ -79,6 +81,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "90d9505f0f16",
             "2507ccf05e2e",
             "831857ad3ec1",
+            "4740229a15e5",
         }
     ),
 )

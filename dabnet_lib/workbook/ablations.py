@@ -67,6 +67,8 @@ UNIT_RECIPE_PINS: dict[tuple[str, str], dict[str, Any]] = {
         "crop_size": (180, 240),
         "final_lr": None,
         "color_jitter": 0.0,
+        "class_crop": 0.0,
+        "max_class_ratio": 1.0,
         "loss": "ce",
         "fused_optimizer": False,
         "fused_bn_prelu": False,
