@@ -188,16 +188,17 @@ class TrainTransform:
         all) while one class fills more than that share of the window's labelled pixels."""
         height, width = label.shape
         crop_h, crop_w = self.crop_size
-        for _ in range(_WINDOW_DRAWS if self.max_class_ratio < 1.0 else 1):
+        redraws = _WINDOW_DRAWS - 1 if self.max_class_ratio < 1.0 else 0
+        while True:
             top = int(rng.integers(max(height, crop_h) - crop_h + 1))
             left = int(rng.integers(max(width, crop_w) - crop_w + 1))
-            if self.max_class_ratio >= 1.0:
-                break
+            if redraws == 0:
+                return top, left
             window = label[top : top + crop_h, left : left + crop_w].ravel()
             counts = np.bincount(window[window != self.ignore_index])
             if np.count_nonzero(counts) > 1 and counts.max() < self.max_class_ratio * counts.sum():
-                break
-        return top, left
+                return top, left
+            redraws -= 1
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if image.shape[:2] != label.shape[:2]:
