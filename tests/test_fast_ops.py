@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from dabnet_lib.machine import has_bf16_units
 from dabnet_lib.model import fast_ops
 from dabnet_lib.model.dabnet import BNPReLU, DABNet, DABNetConfig, load_weights
 from dabnet_lib.model.fast_ops import (
@@ -244,18 +245,34 @@ def test_paper_model_fp32_training_gradients_have_stock_precision(channels_last:
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_paper_model_bf16_autocast_training_matches_stock(channels_last: bool) -> None:
-    """bf16 autocast, train mode: fast and stock gradients agree within bf16 precision (an 8-bit
-    mantissa: 2e-2 relative). Against float64 both are far off on this random net (bf16 through
-    batch statistics), so the comparison is fast against stock."""
+def test_paper_model_bf16_autocast_gradients_match_stock(channels_last: bool) -> None:
+    """bf16 autocast. Eval mode (no batch statistics): every fast gradient agrees with stock within bf16
+    precision (an 8-bit mantissa: 2e-2 relative) on every CPU; a wrong tap, slope or layout gives errors of
+    order 1. Train mode: BatchNorm's batch statistics turn the BN weights' gradients into sums with heavy
+    cancellation. Where the CPU has bf16 units, fast and stock run the same bf16 arithmetic there and agree
+    within 2e-2. Where bf16 is emulated (e.g. an AVX2-only Zen3), the stock gradients of those BN weights are
+    themselves up to ~50x their own size away from float64 and the two paths round differently, so there
+    every fast gradient must be no farther from float64 than 3x the stock's worst, the rule of the fp32
+    test above (training never runs bf16 on such CPUs: the autotuner refuses it)."""
     stock, fast, x = _fast_and_stock(DABNetConfig())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
-    ref = _model_grads(stock.to(memory_format=fmt), x, amp=True)
-    got = _model_grads(fast.to(memory_format=fmt), x, amp=True)
+    stock, fast = stock.to(memory_format=fmt), fast.to(memory_format=fmt)
+    ref = _model_grads(stock, x, amp=True, train=False)
+    got = _model_grads(fast, x, amp=True, train=False)
     assert all(got[k].dtype == ref[k].dtype for k in ref)
     worst = max(ref, key=lambda k: _rel(got[k], ref[k]))
     assert _rel(got[worst], ref[worst]) < 2e-2, worst
+    ref = _model_grads(stock, x, amp=True)
+    got = _model_grads(fast, x, amp=True)
+    if has_bf16_units():
+        worst = max(ref, key=lambda k: _rel(got[k], ref[k]))
+        assert _rel(got[worst], ref[worst]) < 2e-2, worst
+    else:
+        truth = _model_grads(copy.deepcopy(stock).double(), x.double())
+        stock_worst = max(_rel(ref[k], truth[k]) for k in truth)
+        worse = {k: _rel(got[k], truth[k]) for k in truth if _rel(got[k], truth[k]) > 3 * stock_worst}
+        assert not worse, f"fast bf16 gradients farther from float64 than 3x stock's worst {stock_worst:.1e}: {worse}"
 
 
 def test_swap_keeps_parameters_keys_and_reverts() -> None:
