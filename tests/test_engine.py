@@ -377,3 +377,19 @@ def test_fit_gives_the_caller_its_threads_and_random_streams_back(camvid_tiny: P
         assert draws() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_resume_names_recipe_fields_changed_since_the_checkpoint(
+    camvid_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A finished run resumed with another loss trains nothing: the log must say the weights are the old recipe's.
+    recipe = get_recipe("camvid", "smoke").replace(epochs=1, val_every=0, save_every=0)
+    fit(recipe, camvid_tiny, tmp_path, quiet=True)
+    capsys.readouterr()
+    fit(recipe, camvid_tiny, tmp_path, resume="auto", quiet=True)
+    assert "differs from the checkpoint" not in capsys.readouterr().out
+    fit(recipe.replace(lovasz_weight=1.0, epochs=2), camvid_tiny, tmp_path, resume="auto", quiet=True)
+    out = capsys.readouterr().out
+    assert (
+        "the recipe differs from the checkpoint's in epochs 1 -> 2; lovasz_weight 0.0 -> 1.0: its 2 iterations" in out
+    )

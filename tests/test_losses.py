@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from dabnet_lib.errors import DabnetError
-from dabnet_lib.training.losses import LossConfigError, OhemCrossEntropy, WeightedCrossEntropy, build_loss
+from dabnet_lib.training.losses import (
+    LossConfigError,
+    LovaszSoftmax,
+    OhemCrossEntropy,
+    WeightedCrossEntropy,
+    WithLovasz,
+    build_loss,
+)
 
 IGNORE = 255
 
@@ -37,7 +44,15 @@ def test_weighted_ce_equals_torch_cross_entropy(weighted):
     torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("loss", [WeightedCrossEntropy(None, IGNORE), OhemCrossEntropy(IGNORE, min_kept=10)])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        WeightedCrossEntropy(None, IGNORE),
+        OhemCrossEntropy(IGNORE, min_kept=10),
+        LovaszSoftmax(IGNORE),
+        WithLovasz(WeightedCrossEntropy(None, IGNORE), 1.0, IGNORE, stride=2),
+    ],
+)
 def test_all_ignored_batch_is_finite_and_backward_works(loss):
     logits = torch.randn(2, 4, 5, 5, requires_grad=True)
     target = torch.full((2, 5, 5), IGNORE, dtype=torch.int64)
@@ -162,3 +177,91 @@ def test_losses_move_with_module_and_state_dict_roundtrip():
     loss = loss.to(torch.float64)
     logits, target = _batch()
     assert torch.isfinite(loss(logits.double(), target))
+
+
+def _sorted_lovasz(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovász-softmax written from its definition (errors sorted, Jaccard increments), classes present only."""
+    classes = logits.shape[1]
+    prob = logits.softmax(1).transpose(0, 1).reshape(classes, -1)
+    labels = target.reshape(-1)
+    keep = labels != IGNORE
+    prob, labels = prob[:, keep], labels[keep]
+    per_class = []
+    for c in range(classes):
+        fg = (labels == c).to(prob.dtype)
+        if fg.sum() == 0:
+            continue
+        errors, order = torch.sort((fg - prob[c]).abs(), descending=True)
+        fg_sorted = fg[order]
+        inter = fg_sorted.sum() - fg_sorted.cumsum(0)
+        union = fg_sorted.sum() + (1 - fg_sorted).cumsum(0)
+        jaccard = 1 - inter / union
+        rise = torch.cat((jaccard[:1], jaccard[1:] - jaccard[:-1]))
+        per_class.append(torch.dot(errors, rise))
+    return torch.stack(per_class).mean()
+
+
+def test_lovasz_equals_the_sorted_definition_in_value_and_gradient() -> None:
+    # With 2**16 bins every one of these 84 pixels' errors lands in its own bin: the binned form is the sorted one.
+    logits, target = _batch(seed=3)
+    target[target == 4] = 3  # class 4 absent: it must not count
+    ours_in = logits.clone().requires_grad_(True)
+    ref_in = logits.clone().requires_grad_(True)
+    ours = LovaszSoftmax(IGNORE, bins=2**16)(ours_in, target)
+    ref = _sorted_lovasz(ref_in, target)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_lovasz_default_bins_stay_within_one_bin_of_the_sorted_value() -> None:
+    logits, target = _batch(seed=4, n=2, c=6, h=40, w=50)
+    loss = LovaszSoftmax(IGNORE)
+    assert abs(loss(logits, target).item() - _sorted_lovasz(logits, target).item()) <= 1.0 / (loss.bins - 1)
+
+
+def test_lovasz_on_hard_predictions_is_the_mean_one_minus_iou_of_present_classes() -> None:
+    _, target = _batch(seed=5, h=12, w=12)
+    g = torch.Generator().manual_seed(6)
+    pred = torch.where(
+        torch.rand(target.shape, generator=g) < 0.7, target.clamp(max=4), torch.randint(0, 5, target.shape, generator=g)
+    )
+    logits = F.one_hot(pred, 5).permute(0, 3, 1, 2).float() * 60.0  # softmax is one-hot to float precision
+    valid = target != IGNORE
+    ious = []
+    for c in range(5):
+        truth, guess = (target == c) & valid, (pred == c) & valid
+        if truth.any():
+            ious.append((truth & guess).sum().item() / (truth | guess).sum().item())
+    assert LovaszSoftmax(IGNORE)(logits, target).item() == pytest.approx(1 - float(np.mean(ious)), abs=1e-6)
+    perfect = F.one_hot(target.clamp(max=4), 5).permute(0, 3, 1, 2).float() * 60.0
+    assert LovaszSoftmax(IGNORE)(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_with_lovasz_adds_the_weighted_term_on_its_pixel_grid() -> None:
+    logits, target = _batch(seed=7, h=12, w=16)
+    base = WeightedCrossEntropy(torch.tensor([0.5, 2.0, 1.0, 3.5, 0.1]), IGNORE)
+    both = build_loss("ce", IGNORE, weight=[0.5, 2.0, 1.0, 3.5, 0.1], lovasz_weight=0.5, lovasz_stride=4)
+    assert isinstance(both, WithLovasz) and both.stride == 4
+    grid = LovaszSoftmax(IGNORE)(logits[:, :, 2::4, 2::4], target[:, 2::4, 2::4])
+    assert both(logits, target).item() == pytest.approx((base(logits, target) + 0.5 * grid).item(), rel=1e-6)
+    every = WithLovasz(base, 1.0, IGNORE, stride=1)
+    full = LovaszSoftmax(IGNORE)(logits, target)
+    assert every(logits, target).item() == pytest.approx((base(logits, target) + full).item(), rel=1e-6)
+    assert isinstance(build_loss("ce", IGNORE, lovasz_weight=0.0), WeightedCrossEntropy)  # 0 = no Lovász term
+    assert isinstance(build_loss("ohem", IGNORE, lovasz_weight=1.0, min_kept=3).base, OhemCrossEntropy)
+
+
+def test_lovasz_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(LossConfigError, match="lovasz_weight"):
+        build_loss("ce", IGNORE, lovasz_weight=-1.0)
+    with pytest.raises(LossConfigError, match="stride"):
+        build_loss("ce", IGNORE, lovasz_weight=1.0, lovasz_stride=0)
+    with pytest.raises(LossConfigError, match="bins"):
+        LovaszSoftmax(IGNORE, bins=1)
+    logits, target = _batch()
+    with pytest.raises(LossConfigError, match="differ in batch or spatial size"):
+        LovaszSoftmax(IGNORE)(logits, target[:, :3])
+    with pytest.raises(LossConfigError, match="use fewer bins"):
+        LovaszSoftmax(IGNORE, bins=2**16)(torch.zeros(1, 128, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64))

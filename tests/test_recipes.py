@@ -103,6 +103,8 @@ def test_replace_applies_and_validates() -> None:
         ("color_jitter", 1.0),
         ("color_jitter", -0.1),
         ("class_crop", 1.5),
+        ("lovasz_weight", -0.5),
+        ("lovasz_stride", 0),
         ("max_class_ratio", 0.0),
         ("max_class_ratio", 1.2),
         ("val_split", "dev"),

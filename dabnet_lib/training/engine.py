@@ -62,7 +62,7 @@ from .epoch_loop import EpochLoop, train_one_epoch
 from .recipes import Recipe
 from .run_builder import build_run, stage_geometry, thread_plan
 from .run_writer import RunWriter
-from .train_state import check_resumable, load_for_resume, new_epoch_totals
+from .train_state import check_resumable, load_for_resume, new_epoch_totals, recipe_changes
 from .training_events import TrainingEvents, close_callbacks, predict_examples
 
 
@@ -152,6 +152,14 @@ class _Trainer:
             f"iteration {state.iteration}, {state.elapsed_s / 60:.1f} min trained",
             always=True,
         )
+        changes = recipe_changes(ck["recipe"], self.recipe.to_dict())
+        if changes:
+            self.log(
+                f"note: the recipe differs from the checkpoint's in {'; '.join(changes)}: its {state.iteration} "
+                "iterations were trained with the old values (use a new --out folder to train the new recipe "
+                "from scratch)",
+                always=True,
+            )
 
     def _meta(self) -> dict[str, Any]:
         """What ``recipe.json`` holds: the recipe and how this session trains it."""

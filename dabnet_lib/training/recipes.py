@@ -119,6 +119,8 @@ class Recipe:
     final_crop_size: tuple[int, int] | None = None
     final_lr: float | None = None
     loss: str = "ce"
+    lovasz_weight: float = 0.0  # weight of the Lovász-softmax IoU term added to the loss (>= 0; 0 = off)
+    lovasz_stride: int = 4  # the Lovász term's pixel grid: every 4th row and column (training.losses.WithLovasz)
     class_weights: str | tuple[float, ...] = "dataset"
     ohem_thresh: float = 0.7
     ohem_min_kept: int | None = None  # None = per-rank batch * crop_h * crop_w / 16 (official)
@@ -274,7 +276,7 @@ def _check(name: str, value: Any) -> Any:
         return value
     if name in ("lr", "adam_eps", "base_scale", "final_base_scale", "val_scale", "poly_power"):
         return _num(name, value, float, 0.0, lo_open=True)
-    if name in ("momentum", "weight_decay"):
+    if name in ("momentum", "weight_decay", "lovasz_weight"):
         return _num(name, value, float, 0.0)
     if name in ("warmup_ratio", "ohem_thresh", "final_fraction", "cache_ram_fraction", "class_crop"):
         return _num(name, value, float, 0.0, 1.0)
@@ -285,7 +287,7 @@ def _check(name: str, value: Any) -> Any:
         if value >= 1.0:
             _fail(name, value, "a number in [0, 1)")
         return value
-    if name in ("batch_size", "epochs"):
+    if name in ("batch_size", "epochs", "lovasz_stride"):
         return _num(name, value, int, 1)
     if name in ("warmup_iters", "val_every", "save_every", "num_workers", "seed"):
         return _num(name, value, int, 0)

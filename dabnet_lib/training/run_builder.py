@@ -244,7 +244,14 @@ def build_stage(
     kw: dict[str, Any] = {}
     if recipe.loss == "ohem":
         kw = {"thresh": recipe.ohem_thresh, "min_kept": recipe.ohem_min_kept or data.batch * crop[0] * crop[1] // 16}
-    criterion = build_loss(recipe.loss, info.ignore_index, weight=norm.class_weights, **kw).to(device)
+    criterion = build_loss(
+        recipe.loss,
+        info.ignore_index,
+        weight=norm.class_weights,
+        lovasz_weight=recipe.lovasz_weight,
+        lovasz_stride=recipe.lovasz_stride,
+        **kw,
+    ).to(device)
     return StageData(stage, loader, criterion)
 
 

@@ -9,6 +9,7 @@ Everything in a checkpoint loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..model.checkpoints import capture_rng, restore_rng, save_checkpoint
 from ..model.dabnet import load_weights, read_checkpoint
+from .recipes import Recipe
 from .schedule import WarmupPolyLR
 
 # What a key is for (a field's metadata): needed to resume, kept by publish_weights.
@@ -126,6 +128,23 @@ def check_resumable(ckpt: dict[str, Any], recipe: dict[str, Any], path: str | os
                 f"checkpoint {path}: it was trained with {name}={old.get(name)!r}, the recipe has "
                 f"{recipe[name]!r}: resume with the same {name} or use a new --out folder"
             )
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"name old -> new"`` for each recipe field whose value differs between a checkpoint's recipe ``old``
+    and ``new`` (both Recipe.to_dict(); lists and tuples compare equal; a field the checkpoint predates counts
+    as its Recipe default), in ``new``'s field order."""
+    defaults = Recipe().to_dict()
+
+    def canonical(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    changes = []
+    for name, value in new.items():
+        before = old.get(name, defaults.get(name))
+        if canonical(before) != canonical(value):
+            changes.append(f"{name} {before!r} -> {value!r}")
+    return changes
 
 
 def publish_weights(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:

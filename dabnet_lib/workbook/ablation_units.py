@@ -67,7 +67,9 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # 4740229a15e5: opt-in class-uniform crops and crop rejection (recipe class_crop 0 and max_class_ratio 1 draw
     # no random number, pinned off for the units; smoke weights digest a563952a9a05cef3 on the AMD EPYC, 1 thread);
     # 06341d614b2d: the rejection loop skips counting the last window (kept anyway; the same draws; smoke weights
-    # digest a563952a9a05cef3)
+    # digest a563952a9a05cef3); 054a5c1c0af9: the opt-in Lovász-softmax term (recipe lovasz_weight, default 0 builds
+    # the same loss module, pinned 0 for the units; smoke weights digest a6437bd697515afb before and after on the
+    # Zen3 of session 16, 1 thread)
     frozenset(
         {
             "d67f629a52e4",
@@ -85,6 +87,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "831857ad3ec1",
             "4740229a15e5",
             "06341d614b2d",
+            "054a5c1c0af9",
         }
     ),
 )
