@@ -246,8 +246,8 @@ class WithLovasz(nn.Module):
         return f"lovasz_weight={self.lovasz_weight}, stride={self.stride}"
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        s, o = self.stride, self.stride // 2
-        sampled = self.lovasz(logits[:, :, o::s, o::s], target[:, o::s, o::s]) if s > 1 else self.lovasz(logits, target)
+        s, o = self.stride, self.stride // 2  # stride 1: offset 0, every pixel
+        sampled = self.lovasz(logits[:, :, o::s, o::s], target[:, o::s, o::s])
         return self.base(logits, target) + self.lovasz_weight * sampled
 
 

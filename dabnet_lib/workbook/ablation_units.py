@@ -69,7 +69,8 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # 06341d614b2d: the rejection loop skips counting the last window (kept anyway; the same draws; smoke weights
     # digest a563952a9a05cef3); 054a5c1c0af9: the opt-in Lovász-softmax term (recipe lovasz_weight, default 0 builds
     # the same loss module, pinned 0 for the units; smoke weights digest a6437bd697515afb before and after on the
-    # Zen3 of session 16, 1 thread)
+    # Zen3 of session 16, 1 thread); b6ea7c9ddf87: WithLovasz slices its grid for every stride (stride 1 = every
+    # pixel, as before; smoke weights digest a6437bd697515afb)
     frozenset(
         {
             "d67f629a52e4",
@@ -88,6 +89,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "4740229a15e5",
             "06341d614b2d",
             "054a5c1c0af9",
+            "b6ea7c9ddf87",
         }
     ),
 )
