@@ -105,6 +105,7 @@ def test_replace_applies_and_validates() -> None:
         ("class_crop", 1.5),
         ("lovasz_weight", -0.5),
         ("lovasz_stride", 0),
+        ("aux_weight", -0.1),
         ("max_class_ratio", 0.0),
         ("max_class_ratio", 1.2),
         ("val_split", "dev"),

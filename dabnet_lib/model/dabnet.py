@@ -235,6 +235,7 @@ class DABNet(nn.Module):
         for i, d in enumerate(config.dilations_1):
             self.DAB_Block_1.add_module(f"DAB_Module_1_{i}", DABModule(64, d, config))
         self.bn_prelu_2 = BNPReLU(128 + inj)
+        self.stage1_channels = 128 + inj
 
         self.downsample_2 = DownSamplingBlock(128 + inj, 128)
         self.DAB_Block_2 = nn.Sequential()
@@ -250,6 +251,12 @@ class DABNet(nn.Module):
         return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class logits (N, num_classes, H, W) at the input's size for images (N, 3, H, W)."""
+        return self.forward_with_stage1(image)[0]
+
+    def forward_with_stage1(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, stage1)``: :meth:`forward`'s logits and stage 1's output (N, :attr:`stage1_channels`,
+        ~H/4, ~W/4), the features a training-only auxiliary head reads (``training.deep_supervision``)."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"DABNet expects images (N, 3, H, W), got shape {tuple(image.shape)}")
         h, w = image.shape[-2:]
@@ -264,7 +271,7 @@ class DABNet(nn.Module):
         x2 = self.DAB_Block_2(x2_0)
         x2 = self.bn_prelu_3(self._cat([x2, x2_0], image, "down_3"))
         out = self.classifier(x2)
-        return F.interpolate(out, (h, w), mode="bilinear", align_corners=False)
+        return F.interpolate(out, (h, w), mode="bilinear", align_corners=False), x1
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -121,6 +121,7 @@ class Recipe:
     loss: str = "ce"
     lovasz_weight: float = 0.0  # weight of the Lovász-softmax IoU term added to the loss (>= 0; 0 = off)
     lovasz_stride: int = 4  # the Lovász term's pixel grid: every 4th row and column (training.losses.WithLovasz)
+    aux_weight: float = 0.0  # weight of a training-only auxiliary loss on stage 1 (>= 0, 0 = off; deep_supervision)
     class_weights: str | tuple[float, ...] = "dataset"
     ohem_thresh: float = 0.7
     ohem_min_kept: int | None = None  # None = per-rank batch * crop_h * crop_w / 16 (official)
@@ -276,7 +277,7 @@ def _check(name: str, value: Any) -> Any:
         return value
     if name in ("lr", "adam_eps", "base_scale", "final_base_scale", "val_scale", "poly_power"):
         return _num(name, value, float, 0.0, lo_open=True)
-    if name in ("momentum", "weight_decay", "lovasz_weight"):
+    if name in ("momentum", "weight_decay", "lovasz_weight", "aux_weight"):
         return _num(name, value, float, 0.0)
     if name in ("warmup_ratio", "ohem_thresh", "final_fraction", "cache_ram_fraction", "class_crop"):
         return _num(name, value, float, 0.0, 1.0)

@@ -26,6 +26,7 @@ from ..model.dabnet import DABNet, DABNetConfig
 from ..model.fast_ops import fast_ops_rule, use_fast_ops
 from . import distributed as D
 from .autotune import TrainingChoice, choose
+from .deep_supervision import AuxiliaryHead, DeepSupervised, WithAuxiliary, build_head
 from .losses import build_loss
 from .recipes import Recipe
 from .schedule import WarmupPolyLR
@@ -147,8 +148,14 @@ class Networks:
     """The three handles of the model being trained."""
 
     net: nn.Module  # the network: its weights are saved, validated and digested
-    eager: nn.Module  # what a step runs without compile: net, or net in DistributedDataParallel
+    eager: nn.Module  # what a step runs without compile: net (or net with its auxiliary head), in DDP under torchrun
     compiled: nn.Module  # eager under torch.compile when the choice compiles, else eager itself
+    aux_head: AuxiliaryHead | None = None  # training-only head on stage 1 (recipe aux_weight > 0), else None
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: the network's parameters, then the auxiliary head's."""
+        head = [] if self.aux_head is None else list(self.aux_head.parameters())
+        return [*self.net.parameters(), *head]
 
 
 def build_networks(
@@ -162,18 +169,24 @@ def build_networks(
 ) -> Networks:
     """DABNet initialised from the recipe's seed, with the chosen fast ops (and the recipe's fused BN+PReLU), in
     the layout's memory format on ``device``; SyncBatchNorm and DDP under torchrun; torch.compile'd lazily (one
-    static graph per crop size, compiled at the first step)."""
+    static graph per crop size, compiled at the first step). With ``recipe.aux_weight > 0`` a step runs the
+    network with its auxiliary head (:class:`~dabnet_lib.training.deep_supervision.DeepSupervised`)."""
     torch.manual_seed(recipe.seed)
-    net: nn.Module = use_fast_ops(DABNet(info.num_classes, cfg), choice.fast_ops, bn_prelu=recipe.fused_bn_prelu)
+    dabnet = DABNet(info.num_classes, cfg)
+    head = build_head(dabnet, recipe.seed) if recipe.aux_weight > 0 else None
+    net: nn.Module = use_fast_ops(dabnet, choice.fast_ops, bn_prelu=recipe.fused_bn_prelu)
     if recipe.sync_bn and ctx.enabled:
         if device.type != "cuda":
             raise DabnetError("sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): drop --sync-bn on CPU")
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = to_memory_format(net, layout.memory_format, device)
     eager: nn.Module = net
+    if head is not None:
+        head = to_memory_format(head, layout.memory_format, device)
+        eager = DeepSupervised(dabnet, head)  # dabnet is net: fast ops, SyncBatchNorm and .to() work in place
     if ctx.enabled:
-        eager = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return Networks(net, eager, layout.compile(eager) if choice.compile else eager)
+        eager = nn.parallel.DistributedDataParallel(eager, device_ids=[device.index] if device.type == "cuda" else None)
+    return Networks(net, eager, layout.compile(eager) if choice.compile else eager, head)
 
 
 def build_optimizer(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
@@ -251,8 +264,10 @@ def build_stage(
         lovasz_weight=recipe.lovasz_weight,
         lovasz_stride=recipe.lovasz_stride,
         **kw,
-    ).to(device)
-    return StageData(stage, loader, criterion)
+    )
+    if recipe.aux_weight > 0:
+        criterion = WithAuxiliary(criterion, info.num_classes, recipe.aux_weight)
+    return StageData(stage, loader, criterion.to(device))
 
 
 def thread_plan(recipe: Recipe, device: torch.device, ctx: D.DistContext) -> tuple[int, D.ThreadTuner | None]:
@@ -309,9 +324,10 @@ def build_run(
     if layout.note:
         log(layout.note)
     nets = build_networks(recipe, info, cfg, choice, layout, device, ctx)
-    optimizer = build_optimizer(recipe, nets.net.parameters())
+    optimizer = build_optimizer(recipe, nets.parameters())
     state = TrainState(
         model=nets.net,
+        aux_head=nets.aux_head,
         optimizer=optimizer,
         scheduler=build_scheduler(recipe, optimizer, data.total_iters, budget_s),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),

@@ -63,6 +63,7 @@ class TrainState:
     stage: int | None = field(default=None, metadata=_NEITHER)  # resolution stage 0 or 1 (None: not started)
     epoch_acc: dict[str, float] = field(default_factory=new_epoch_totals, metadata=_NEITHER)  # epoch so far
     best_val_miou: float | None = field(default=None, metadata=_NEITHER)
+    aux_head: nn.Module | None = field(default=None, metadata=_NEITHER)  # recipe aux_weight > 0 (deep_supervision)
     # provenance
     val_seen: bool = field(metadata=_PUBLISH)  # the training split holds the val images
     world_size: int = field(metadata=_PUBLISH)
@@ -73,8 +74,8 @@ class TrainState:
         """The dict that ``last.pt`` holds: the live objects' state dicts, the RNG states now, the rest."""
         self.rng = capture_rng()
         saved = {key: getattr(self, key) for key in CHECKPOINT_KEYS}
-        for key in ("model", "optimizer", "scheduler", "scaler"):
-            saved[key] = saved[key].state_dict()
+        for key in ("model", "optimizer", "scheduler", "scaler", "aux_head"):
+            saved[key] = None if saved[key] is None else saved[key].state_dict()
         saved["epoch_acc"] = dict(self.epoch_acc)
         return saved
 
@@ -83,6 +84,10 @@ class TrainState:
         (when enabled and saved), RNG states and progress. Fields that describe the run (recipe, mean,
         training_choice, ...) keep this session's values."""
         load_weights(self.model, ckpt)
+        if self.aux_head is not None:
+            if not ckpt.get("aux_head"):
+                raise CheckpointError("the checkpoint has no auxiliary head to resume with (recipe aux_weight > 0)")
+            self.aux_head.load_state_dict(ckpt["aux_head"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler.is_enabled() and ckpt["scaler"]:
@@ -103,6 +108,8 @@ RESUME_KEYS = tuple(f.name for f in fields(TrainState) if f.metadata["resume"])
 PUBLISH_KEYS = tuple(f.name for f in fields(TrainState) if f.metadata["publish"])
 #: Recipe fields that must not change when a run is resumed (they define the run's sample stream and model).
 RESUME_FIXED = ("dataset", "train_split", "model_config", "optimizer", "batch_size", "seed", "max_images")
+#: Recipe fields that may change on resume except between zero and non-zero (they add or drop parameters).
+RESUME_FIXED_ON_OFF = ("aux_weight",)
 
 
 def load_for_resume(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -127,6 +134,15 @@ def check_resumable(ckpt: dict[str, Any], recipe: dict[str, Any], path: str | os
             raise CheckpointError(
                 f"checkpoint {path}: it was trained with {name}={old.get(name)!r}, the recipe has "
                 f"{recipe[name]!r}: resume with the same {name} or use a new --out folder"
+            )
+    defaults = Recipe().to_dict()
+    for name in RESUME_FIXED_ON_OFF:
+        before = old.get(name, defaults[name])
+        if (before > 0) != (recipe[name] > 0):
+            raise CheckpointError(
+                f"checkpoint {path}: it was trained with {name}={before!r}, the recipe has {recipe[name]!r}: "
+                f"switching {name} on or off changes what is trained; resume with {name} "
+                f"{'> 0' if before > 0 else '= 0'} or use a new --out folder"
             )
 
 

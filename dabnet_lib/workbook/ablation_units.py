@@ -70,7 +70,9 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
     # digest a563952a9a05cef3); 054a5c1c0af9: the opt-in Lovász-softmax term (recipe lovasz_weight, default 0 builds
     # the same loss module, pinned 0 for the units; smoke weights digest a6437bd697515afb before and after on the
     # Zen3 of session 16, 1 thread); b6ea7c9ddf87: WithLovasz slices its grid for every stride (stride 1 = every
-    # pixel, as before; smoke weights digest a6437bd697515afb)
+    # pixel, as before; smoke weights digest a6437bd697515afb); 22fd83f7e1a2: DABNet.forward_with_stage1 (forward
+    # returns its logits; the opt-in auxiliary head of recipe aux_weight, default 0, pinned 0 for the units, reads
+    # its features; smoke weights digest a6437bd697515afb before and after on the Zen3 of session 17, 1 thread)
     frozenset(
         {
             "d67f629a52e4",
@@ -90,6 +92,7 @@ EQUIVALENT_TRAINING_CODE: tuple[frozenset[str], ...] = (
             "06341d614b2d",
             "054a5c1c0af9",
             "b6ea7c9ddf87",
+            "22fd83f7e1a2",
         }
     ),
 )

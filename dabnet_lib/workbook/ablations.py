@@ -71,6 +71,7 @@ UNIT_RECIPE_PINS: dict[tuple[str, str], dict[str, Any]] = {
         "max_class_ratio": 1.0,
         "loss": "ce",
         "lovasz_weight": 0.0,
+        "aux_weight": 0.0,
         "fused_optimizer": False,
         "fused_bn_prelu": False,
     },
