@@ -120,6 +120,7 @@ def test_run_with_the_head_trains_differently_publishes_the_plain_net_and_resume
     assert all(torch.equal(head_a[k], head_b[k]) for k in head_a)
 
 
+@pytest.mark.slow
 def test_switching_the_head_on_or_off_on_resume_is_refused_by_name(camvid_tiny: Path, tmp_path: Path) -> None:
     fit(_recipe(epochs=1, max_images=4), camvid_tiny, tmp_path, quiet=True)
     with pytest.raises(CheckpointError, match=r"trained with aux_weight=0.4, the recipe has 0.0: switching aux_weight"):

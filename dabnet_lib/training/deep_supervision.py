@@ -26,7 +26,7 @@ AUX_HIDDEN = 64
 
 class AuxiliaryHead(nn.Module):
     """Logits (N, classes, h, w) from features (N, c_in, h, w): 1x1 conv to :data:`AUX_HIDDEN`, BN+PReLU,
-    1x1 conv to the classes (about 9.4k parameters for DABNet's 131 stage-1 channels and 11 classes)."""
+    1x1 conv to the classes (9,291 parameters for DABNet's 131 stage-1 channels and 11 classes)."""
 
     def __init__(self, c_in: int, num_classes: int) -> None:
         super().__init__()
