@@ -4,7 +4,6 @@ publish the paper's network alone and resume exactly."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,10 @@ from dabnet_lib.errors import CheckpointError
 from dabnet_lib.model.dabnet import DABNet, build_from_checkpoint, count_parameters
 from dabnet_lib.training.deep_supervision import AuxiliaryHead, DeepSupervised, WithAuxiliary, build_head
 from dabnet_lib.training.engine import TrainingInterrupted, fit
-from dabnet_lib.training.recipes import Recipe, get_recipe
+from dabnet_lib.training.recipes import Recipe
 from dabnet_lib.training.train_state import load_for_resume
+from test_resume import _recipe as resume_recipe
+from test_resume import _signal_at
 
 
 @pytest.fixture(autouse=True)
@@ -76,25 +77,8 @@ def test_auxiliary_loss_is_main_plus_weighted_aux_and_plain_for_unstacked_logits
 
 
 def _recipe(**kw: object) -> Recipe:
-    fields: dict[str, object] = {
-        "max_images": 8,
-        "batch_size": 2,
-        "epochs": 2,
-        "crop_size": (48, 64),
-        "warmup_iters": 3,
-        "val_every": 0,
-        "save_every": 0,
-        "aux_weight": 0.4,
-    }
-    return get_recipe("camvid", "smoke").replace(**{**fields, **kw})
-
-
-def _signal_at(iteration: int) -> Callable[[int], None]:
-    def hook(it: int) -> None:
-        if it == iteration:
-            signal.raise_signal(signal.SIGTERM)
-
-    return hook
+    """test_resume's 8-image, 2-epoch recipe with the head on (weight 0.4)."""
+    return resume_recipe(**{"aux_weight": 0.4, **kw})
 
 
 @pytest.mark.slow
@@ -113,7 +97,7 @@ def test_run_with_the_head_trains_differently_publishes_the_plain_net_and_resume
     run = tmp_path / "resumed"
     for stop in (3, 5):  # inside epoch 1 and inside epoch 2
         with pytest.raises(TrainingInterrupted):
-            fit(_recipe(), camvid_tiny, run, resume="auto", quiet=True, on_iteration=_signal_at(stop))
+            fit(_recipe(), camvid_tiny, run, resume="auto", quiet=True, on_iteration=_signal_at(stop, signal.SIGTERM))
     resumed = fit(_recipe(), camvid_tiny, run, resume=True, quiet=True)
     assert resumed["weights_digest"] == straight["weights_digest"]
     head_a, head_b = ckpt["aux_head"], load_for_resume(run / "last.pt")["aux_head"]
