@@ -60,7 +60,7 @@ def test_head_does_not_change_the_networks_initial_weights_or_its_parameter_coun
     assert isinstance(head, AuxiliaryHead) and count_parameters(head) == 131 * 64 + 2 * 64 + 64 + 64 * 11 + 11
 
 
-def test_auxiliary_loss_is_main_plus_weighted_aux_and_plain_for_unstacked_logits() -> None:
+def test_auxiliary_loss_is_main_plus_weighted_aux_and_refuses_unstacked_logits() -> None:
     gen = torch.Generator().manual_seed(0)
     main, aux = torch.randn(2, 4, 6, 8, generator=gen), torch.randn(2, 4, 6, 8, generator=gen)
     labels = torch.randint(0, 4, (2, 6, 8), generator=gen)
@@ -69,9 +69,11 @@ def test_auxiliary_loss_is_main_plus_weighted_aux_and_plain_for_unstacked_logits
     loss = WithAuxiliary(base, 4, 0.4)
     expected = base(main, labels) + 0.4 * base(aux, labels)
     torch.testing.assert_close(loss(torch.cat([main, aux], 1), labels), expected)
-    torch.testing.assert_close(loss(main, labels), base(main, labels))
-    with pytest.raises(ValueError, match="expected 4 or 8 logit channels, got 5"):
-        loss(torch.randn(2, 5, 6, 8), labels)
+    for channels in (4, 5):  # unstacked logits (no head ran) are refused, not scored as the main loss alone
+        with pytest.raises(
+            ValueError, match=f"expected 8 stacked logit channels \\(main and auxiliary\\), got {channels}"
+        ):
+            loss(torch.randn(2, channels, 6, 8), labels)
     with pytest.raises(ValueError, match="must be > 0"):
         WithAuxiliary(base, 4, 0.0)
 

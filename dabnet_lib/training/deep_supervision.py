@@ -64,8 +64,8 @@ def build_head(net: DABNet, seed: int) -> AuxiliaryHead:
 
 
 class WithAuxiliary(nn.Module):
-    """Loss on (N, 2C, H, W) stacked logits: ``base(main) + weight * base(aux)``, both against the same labels.
-    Given (N, C, H, W) logits (no head: eval-mode outputs) it is ``base`` itself."""
+    """Loss on (N, 2C, H, W) stacked logits (:class:`DeepSupervised` in training mode): ``base(main) + weight *
+    base(aux)``, both against the same labels; ValueError for any other channel count (a head that did not run)."""
 
     def __init__(self, base: nn.Module, num_classes: int, weight: float) -> None:
         super().__init__()
@@ -76,11 +76,9 @@ class WithAuxiliary(nn.Module):
         self.weight = weight
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if logits.shape[1] == self.num_classes:
-            return self.base(logits, labels)
         if logits.shape[1] != 2 * self.num_classes:
             raise ValueError(
-                f"expected {self.num_classes} or {2 * self.num_classes} logit channels, got {logits.shape[1]}"
+                f"expected {2 * self.num_classes} stacked logit channels (main and auxiliary), got {logits.shape[1]}"
             )
         main, aux = logits.split(self.num_classes, 1)
         return self.base(main, labels) + self.weight * self.base(aux, labels)

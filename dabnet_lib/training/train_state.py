@@ -84,9 +84,7 @@ class TrainState:
         (when enabled and saved), RNG states and progress. Fields that describe the run (recipe, mean,
         training_choice, ...) keep this session's values."""
         load_weights(self.model, ckpt)
-        if self.aux_head is not None:
-            if not ckpt.get("aux_head"):
-                raise CheckpointError("the checkpoint has no auxiliary head to resume with (recipe aux_weight > 0)")
+        if self.aux_head is not None:  # check_resumable refused a checkpoint trained without one
             self.aux_head.load_state_dict(ckpt["aux_head"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
